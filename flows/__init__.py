@@ -1,0 +1,1 @@
+"""Prefect flows. `from flows.transcode import transcode_video`."""

@@ -1,0 +1,137 @@
+"""The `transcode-video` flow: ingest → probe → plan → transcode (chunks x rungs) → audio
+→ assemble + verify → report → cleanup.
+
+In one process the chunk x rung map runs on a ThreadPoolTaskRunner bounded by the
+cores (`TRANSCODE_MAX_WORKERS`); ffmpeg does the work, so threads suffice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.assemble import assemble_rendition, export_rendition
+from tasks.audio import encode_audio
+from tasks.ingest import ingest_source
+from tasks.plan import plan_transcode
+from tasks.probe import probe_source
+from tasks.report import cleanup, publish_report
+from tasks.transcode import transcode_chunk
+from transcoder import keys
+from transcoder.ladder import parse_rungs
+from transcoder.models import EncoderReport, EncoderSettings, Segment, TranscodeResult
+from transcoder.settings import get_settings
+from transcoder.storage import get_bucket
+
+PROGRESS_EVENT = "transcode_progress"  # `extra` attribute on progress log records (the CLI shows them)
+
+
+def _progress(logger, stage: str, done: int, total: int) -> None:
+    logger.info("%s: %d/%d", stage, done, total, extra={PROGRESS_EVENT: (stage, done, total)})
+
+
+@flow(
+    name="transcode-video",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers),
+    validate_parameters=True,
+)
+def transcode_video(
+    source: str,
+    renditions: str | list[str] | None = None,
+    output_dir: str | None = None,
+    preset: str | None = None,
+    crf: int | None = None,
+    chunk_seconds: float | None = None,
+    segment_seconds: float | None = None,
+) -> TranscodeResult:
+    """Transcode SOURCE (a path, s3://bucket/key or http(s) URL) into an H.264/AAC ladder."""
+    started = time.monotonic()
+    settings = get_settings()
+    logger = get_run_logger()
+    results = get_bucket(settings)  # result records (cache) live in the same bucket, under {video_id}/cache/
+    encoder = EncoderSettings(
+        codec=settings.codec,
+        preset=preset or settings.preset,
+        crf=settings.crf if crf is None else crf,
+        threads=settings.x264_threads,
+        audio_bitrate_kbps=settings.audio_bitrate_kbps,
+    )
+    rungs = parse_rungs(renditions)
+
+    src = ingest_source(source)
+    probe = probe_source(src)
+    plan = plan_transcode(src, probe, rungs, encoder, segment_seconds or settings.segment_seconds,
+                          chunk_seconds or settings.chunk_seconds)
+    logger.info("plan: %d frames at %s fps, %d chunks, rungs %s%s", plan.total_frames, plan.fps, len(plan.chunks),
+                ", ".join(f"{r.name} ({r.width}x{r.height})" for r in plan.rungs),
+                f"; skipped (would upscale): {', '.join(plan.skipped_rungs)}" if plan.skipped_rungs else "")
+
+    total = len(plan.chunks) * len(plan.rungs)
+    progress_id = create_progress_artifact(0.0, description=f"transcode of {src.video_id}: chunk x rung tasks done")
+    audio_future = (encode_audio.with_options(result_storage=results).submit(plan, src, probe)
+                    if plan.has_audio else None)
+    transcode = transcode_chunk.with_options(result_storage=results)
+    # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
+    # its chunk; the later rungs' tasks then find their segments already stored.
+    futures = [transcode.submit(plan, src, chunk, rung) for rung in plan.rungs for chunk in plan.chunks]
+
+    segments: dict[str, list[Segment]] = defaultdict(list)
+    failures: list[BaseException] = []
+    transcoded = cached = done = 0
+    _progress(logger, "transcode", 0, total)
+    for future in as_completed(futures):
+        done += 1
+        try:
+            seg = future.result()
+        except Exception as exc:  # noqa: BLE001 - collected; the run fails below, after every chunk ran
+            failures.append(exc)
+        else:
+            segments[seg.rung].append(seg)
+            if future.state.name == "Cached":
+                cached += 1
+            else:
+                transcoded += 1
+        _progress(logger, "transcode", done, total)
+        update_progress_artifact(progress_id, 100.0 * done / total)
+    if failures:
+        logger.error("%d of %d chunk x rung tasks failed; a rerun redoes only those", len(failures), total)
+        raise failures[0]
+
+    audio = audio_future.result() if audio_future else None
+    assemble = assemble_rendition.with_options(result_storage=results)
+    assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]
+    renditions_out = []
+    for i, future in enumerate(assembled):
+        rendition = future.result()
+        if output_dir:
+            rendition = export_rendition(rendition, output_dir)
+        renditions_out.append(rendition)
+        _progress(logger, "assemble", i + 1, len(assembled))
+
+    result = TranscodeResult(
+        video_id=src.video_id,
+        source_key=src.key,
+        chunks=len(plan.chunks),
+        transcoded=transcoded,
+        cached=cached,
+        renditions=tuple(renditions_out),
+        encoder=EncoderReport(codec=encoder.codec, preset=encoder.preset, crf=encoder.crf,
+                              gop_frames=plan.gop_frames, profile=encoder.profile, pix_fmt=encoder.pix_fmt,
+                              audio_bitrate_kbps=encoder.audio_bitrate_kbps),
+        fps=f"{plan.fps_num}/{plan.fps_den}",
+        duration=plan.duration,
+        skipped_rungs=plan.skipped_rungs,
+        report_key=keys.report(src.video_id),
+        manifest_key=keys.manifest(src.video_id),
+        wall_seconds=round(time.monotonic() - started, 3),
+    )
+    publish_report(result, src, probe, plan)
+    cleanup(src.video_id)
+    logging.getLogger("transcoder").debug("done: %s", result.video_id)
+    return result

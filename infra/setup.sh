@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Idempotent install of everything the project needs on a fresh Debian machine:
+# system packages (ffmpeg) and a virtual environment in .venv with the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    echo "setup: installing ${need_apt[*]} (apt-get)"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+stamp=.venv/.setup-stamp
+want=$(cat pyproject.toml infra/setup.sh | sha256sum | cut -c1-16)
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+echo "setup: creating .venv and installing the project (pip)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "$want" > "$stamp"
+echo "setup: done"

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `transcoder` that add retries, caching, names and artifacts."""

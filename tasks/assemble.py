@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from transcoder import keys
+from transcoder.assemble import assemble
+from transcoder.errors import VerificationError
+from transcoder.ingest import sha256_file
+from transcoder.models import AudioTrack, Plan, Rendition, Rung, Segment
+from transcoder.settings import get_settings
+from transcoder.storage import Storage
+from transcoder.verify import verify_rendition
+
+from .common import AssembleCache, retry_transient
+
+
+@task(name="assemble", task_run_name="assemble-{rung.name}", retries=2, retry_delay_seconds=1,
+      retry_condition_fn=retry_transient, cache_policy=AssembleCache(), persist_result=True)
+def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: AudioTrack | None) -> Rendition:
+    """Concat + mux + faststart, verify the whole file, and only then publish it."""
+    settings = get_settings()
+    storage = Storage()
+    scratch = settings.work_dir / plan.video_id / "scratch" / f"assemble_{rung.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        local_segments = []
+        for seg in sorted(segments, key=lambda s: s.index):
+            path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}.ts")
+            if sha256_file(path) != seg.sha256:
+                raise VerificationError(f"{rung.name} segment {seg.index:05d} in storage is not the one encoded "
+                                        f"(sha256 differs): rerun to redo it")
+            local_segments.append((seg, path))
+        audio_path = storage.download(audio.key, scratch / "audio.m4a") if audio else None
+        out = scratch / f"{plan.video_id}_{rung.name}.mp4"
+        assemble(plan, local_segments, audio_path, out, timeout=max(settings.ffmpeg_min_timeout, plan.duration * 2))
+        checked = verify_rendition(out, plan, rung)
+        sha = sha256_file(out)
+        key = keys.encoded(plan.video_id, rung.name)
+        storage.upload(out, key, metadata={"sha256": sha, "frames": str(checked.frames)}, content_type="video/mp4")
+        return Rendition(name=rung.name, key=key, path=None, width=checked.width, height=checked.height,
+                         frames=checked.frames, duration=checked.duration, audio_duration=checked.audio_duration,
+                         bitrate=checked.bitrate, size=checked.size, sha256=sha)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@task(name="export", task_run_name="export-{rendition.name}", retries=2, retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE)
+def export_rendition(rendition: Rendition, output_dir: str) -> Rendition:
+    """Copy a published rendition to a local folder (`--output-dir`)."""
+    dest = Path(output_dir).expanduser().resolve() / Path(rendition.key).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not (dest.exists() and dest.stat().st_size == rendition.size and sha256_file(dest) == rendition.sha256):
+        Storage().download(rendition.key, dest)
+    return rendition.model_copy(update={"path": str(dest)})
+
+
+def remove_scratch(video_id: str) -> None:
+    shutil.rmtree(get_settings().work_dir / video_id, ignore_errors=True)

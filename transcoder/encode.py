@@ -1,0 +1,97 @@
+"""Pure argv builders for the encoders. Nothing here runs a process.
+
+One ffmpeg per chunk decodes it once and writes every rung that is still missing
+(a `split` filter, one output per rung): decoding the chunk again per rung would
+cost about 30% more CPU (DESIGN.md). Audio is encoded once per video, never per
+chunk: AAC per chunk adds priming samples at every joint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import ffmpeg
+from .models import Chunk, EncoderSettings, Plan, Rung, stable_hash
+
+
+def maxrate_kbps(rung: Rung, plan: Plan) -> int:
+    """VBV cap of a rung: capped CRF keeps a streaming ladder's peaks predictable.
+
+    About 6 Mb/s at 1080p30, scaled with pixels^0.75 and with the frame rate above 30.
+    """
+    pixels = rung.width * rung.height
+    rate_factor = max(1.0, float(plan.fps) / 30) ** 0.5
+    return max(300, round(6000 * (pixels / (1920 * 1080)) ** 0.75 * rate_factor / 50) * 50)
+
+
+def video_filters(plan: Plan, rungs: list[Rung]) -> str:
+    """`-filter_complex` graph: shared pre-processing, split, one scaled branch per rung."""
+    pre = []
+    if plan.deinterlace:
+        pre.append("yadif=mode=send_frame:parity=auto:deint=all")
+    if plan.vfr:
+        # Constant output rate; the pad only matters at the end of the stream, where
+        # `-frames:v` stops the output at its planned count.
+        pre.append(f"fps=fps={plan.fps_num}/{plan.fps_den}:round=near")
+        pre.append("tpad=stop=-1:stop_mode=clone")
+    labels = [f"s{i}" for i in range(len(rungs))]
+    head = ",".join(pre + [f"split={len(rungs)}" + "".join(f"[{x}]" for x in labels)])
+    branches = [
+        f"[{label}]scale={r.width}:{r.height}:flags=bicubic,setsar=1,format={plan.encoder.pix_fmt}[o{i}]"
+        for i, (label, r) in enumerate(zip(labels, rungs))
+    ]
+    return ";".join([f"[0:v:0]{head}"] + branches)
+
+
+def x264_args(rung: Rung, plan: Plan) -> list[str]:
+    enc: EncoderSettings = plan.encoder
+    cap = maxrate_kbps(rung, plan)
+    return [
+        "-c:v", enc.codec,
+        "-preset", enc.preset,
+        "-crf", str(enc.crf),
+        "-maxrate", f"{cap}k",
+        "-bufsize", f"{cap * 2}k",
+        "-profile:v", enc.profile,
+        "-pix_fmt", enc.pix_fmt,
+        # Same keyframes in every rung, every `gop_frames`, from each chunk's start:
+        # chunks start on multiples of it, so the joints are shared keyframes.
+        "-g", str(plan.gop_frames),
+        "-keyint_min", str(plan.gop_frames),
+        "-sc_threshold", "0",
+        "-threads", str(enc.threads),
+    ]
+
+
+def chunk_argv(
+    source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int
+) -> list[str]:
+    rungs = [r for r, _ in outputs]
+    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
+            *ffmpeg.source_input(source, seek=chunk.seek, max_pixels=max_pixels),
+            "-filter_complex", video_filters(plan, rungs)]
+    for i, (rung, path) in enumerate(outputs):
+        argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
+                 *x264_args(rung, plan), "-an", "-sn", "-dn", "-map_metadata", "-1",
+                 "-f", "mpegts", ffmpeg.file_url(path)]
+    return argv
+
+
+def audio_argv(source: Path, plan: Plan, channels: int, out: Path) -> list[str]:
+    """The source's first audio track, aligned to the first video frame, cut to the video."""
+    af = ",".join([
+        f"asetpts=PTS-{plan.video_start:.6f}/TB",
+        # pads silence if audio starts after the video, trims if it starts before
+        "aresample=async=1:first_pts=0",
+        "apad",
+    ])
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
+            *ffmpeg.source_input(source),
+            "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", af, "-t", f"{plan.duration:.6f}",
+            "-c:a", "aac", "-b:a", f"{plan.encoder.audio_bitrate_kbps}k", "-ac", str(min(max(channels, 1), 2)),
+            "-ar", "48000", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", ffmpeg.file_url(out)]
+
+
+def audio_profile(plan: Plan) -> str:
+    return stable_hash({"bitrate": plan.encoder.audio_bitrate_kbps, "start": round(plan.video_start, 6),
+                        "duration": round(plan.duration, 6), "codec": "aac"})[:16]

@@ -1,0 +1,51 @@
+"""The project's error tree.
+
+`TranscodeError` is the base. `RetryableError` is what a retry can fix (a killed or
+timed-out process, a storage hiccup); `BadInputError` is what it cannot (the input is
+not a usable video). Task retry conditions retry only the first kind, and the CLI
+prints a `BadInputError` as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class TranscodeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class RetryableError(TranscodeError):
+    """A transient failure: running the same step again may succeed."""
+
+
+class BadInputError(TranscodeError):
+    """The input cannot be transcoded; retrying will not help."""
+
+
+class VerificationError(TranscodeError):
+    """An output did not match the plan (frame count, duration, decodability)."""
+
+
+class FFmpegError(RetryableError):
+    """An ffmpeg/ffprobe process failed; carries the command and its stderr tail."""
+
+    def __init__(self, message: str, argv: list[str] | None = None, stderr: str = ""):
+        self.argv = argv or []
+        self.stderr = stderr
+        detail = f"\ncommand: {_join(self.argv)}" if self.argv else ""
+        tail = f"\nstderr (last lines):\n{stderr[-2000:]}" if stderr else ""
+        super().__init__(f"{message}{detail}{tail}")
+        self.summary = message
+
+
+class FFmpegTimeout(FFmpegError):
+    """An ffmpeg process ran past its timeout and was killed."""
+
+
+def _join(argv: list[str]) -> str:
+    import shlex
+
+    return shlex.join(argv)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RetryableError)

@@ -1,0 +1,102 @@
+"""Running ffmpeg and ffprobe: the only place that starts them.
+
+Every command is logged with `shlex.join` so it can be pasted into a shell, runs in
+its own process group with a timeout (a Prefect task timeout cannot kill a child),
+and reads inputs through a protocol and demuxer whitelist: an input is hostile
+until probed, and HLS/concat playlists can otherwise make ffmpeg read local files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import FFmpegError, FFmpegTimeout
+from .models import stable_hash
+
+log = logging.getLogger("transcoder.ffmpeg")
+
+FFMPEG = os.environ.get("TRANSCODE_FFMPEG", "ffmpeg")
+FFPROBE = os.environ.get("TRANSCODE_FFPROBE", "ffprobe")
+
+# Demuxers a source may be read with. Playlist-like demuxers (hls, concat, dash,
+# image2 patterns, ...) are absent on purpose: they open other files by name.
+SOURCE_FORMATS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,avi,flv,mpeg,mpegvideo,asf,ogg,mxf,"
+    "h264,hevc,m4v,ivf,yuv4mpegpipe,nut,wav,mp3,aac,flac,dv,gif"
+)
+
+
+def file_url(path: str | Path) -> str:
+    """A path that can never be read as a protocol or an option."""
+    return "file:" + str(Path(path).resolve())
+
+
+def source_input(path: str | Path, seek: float | None = None, max_pixels: int | None = None) -> list[str]:
+    """Input options for reading an untrusted source."""
+    args = ["-protocol_whitelist", "file", "-format_whitelist", SOURCE_FORMATS]
+    if max_pixels:
+        args += ["-max_pixels", str(max_pixels)]
+    if seek is not None:
+        args += ["-ss", f"{seek:.6f}"]
+    return args + ["-i", file_url(path)]
+
+
+def trusted_input(path: str | Path) -> list[str]:
+    """Input options for a file this project wrote itself."""
+    return ["-protocol_whitelist", "file", "-i", file_url(path)]
+
+
+def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+    """Run one ffmpeg/ffprobe command; raise FFmpegError with its stderr on failure."""
+    log.info("%s: %s", what, shlex.join(argv))
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: a timeout kills all of it
+        text=True,
+        errors="replace",
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise FFmpegTimeout(f"{what}: timed out after {timeout:.0f} s and was killed", argv, err) from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    if proc.returncode != 0:
+        if proc.returncode < 0:
+            reason = f"killed by signal {signal.Signals(-proc.returncode).name}"
+        else:
+            reason = f"exit status {proc.returncode}"
+        raise FFmpegError(f"{what}: ffmpeg failed ({reason})", argv, err)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@lru_cache(maxsize=1)
+def encoder_version() -> str:
+    """A short hash of the ffmpeg build: a new ffmpeg means new cache keys."""
+    out = subprocess.run([FFMPEG, "-hide_banner", "-version"], capture_output=True, text=True, check=True).stdout
+    first = out.splitlines()[0] if out else "unknown"
+    return "ff" + stable_hash({"ffmpeg": first, "pipeline": PIPELINE_VERSION})[:12]
+
+
+# Bump when a change to argv building changes the pictures of an unchanged profile.
+PIPELINE_VERSION = 1

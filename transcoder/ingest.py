@@ -1,0 +1,113 @@
+"""Ingest: a local path, an `s3://bucket/key` or an http(s) URL → the stored source.
+
+The `video_id` is the first 16 hex digits of the content's sha256, so the same bytes
+always land in the same place and a resubmission is a cache hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import keys
+from .errors import BadInputError
+from .models import SourceObject
+from .settings import Settings
+from .storage import Storage
+
+_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_ext(name: str) -> str:
+    ext = Path(name).suffix.lower().lstrip(".")
+    return ext if _EXT.match(ext) else "bin"
+
+
+def local_source_path(settings: Settings, video_id: str, ext: str) -> Path:
+    return settings.work_dir / video_id / f"source.{ext}"
+
+
+def ingest(origin: str, storage: Storage, settings: Settings) -> tuple[SourceObject, Path]:
+    """Store the source under its content address; return it and a local copy."""
+    staging = Path(tempfile.mkdtemp(prefix="ingest-", dir=_ensure(settings.work_dir)))
+    try:
+        path, name = _fetch(origin, staging, storage, settings)
+        size = path.stat().st_size
+        if size == 0:
+            raise BadInputError("the file is empty (0 bytes)")
+        if size > settings.max_input_bytes:
+            raise BadInputError(f"the file is {size} bytes, over the limit of {settings.max_input_bytes}")
+        sha = sha256_file(path)
+        video_id = sha[:16]
+        ext = safe_ext(name)
+        key = keys.source(video_id, ext)
+        local = local_source_path(settings, video_id, ext)
+        if not (local.exists() and local.stat().st_size == size):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(path, local)
+        found = storage.head(key)
+        if not (found and found["size"] == size and found["metadata"].get("sha256") == sha):
+            storage.upload(local, key, metadata={"sha256": sha})
+        return SourceObject(video_id=video_id, key=key, sha256=sha, size=size, ext=ext, origin=origin), local
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_local(source: SourceObject, storage: Storage, settings: Settings) -> Path:
+    """The source on this machine's disk (a worker that did not ingest downloads it once)."""
+    local = local_source_path(settings, source.video_id, source.ext)
+    if local.exists() and local.stat().st_size == source.size:
+        return local
+    storage.download(source.key, local)
+    return local
+
+
+def _fetch(origin: str, staging: Path, storage: Storage, settings: Settings) -> tuple[Path, str]:
+    if origin.startswith(("http://", "https://")):
+        from .urlfetch import download
+
+        fetched = download(origin, staging, settings)
+        return fetched.path, fetched.path.name
+    if origin.startswith("s3://"):
+        bucket, _, key = origin[5:].partition("/")
+        if not bucket or not key:
+            raise BadInputError(f"not an object address: {origin!r} (expected s3://bucket/key)")
+        other = Storage(storage.block.model_copy(update={"bucket_name": bucket}))
+        if other.head(key) is None:
+            raise BadInputError(f"no such object: {origin}")
+        return other.download(key, staging / "download"), key
+    if "://" in origin:
+        raise BadInputError(f"unsupported source {origin!r}: give a file path, s3://bucket/key or an http(s) URL")
+    path = Path(origin).expanduser()
+    if not path.exists():
+        raise BadInputError(f"no such file: {origin}")
+    if not path.is_file():
+        raise BadInputError(f"not a regular file: {origin}")
+    return path, path.name
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,50 @@
+"""The one place that names storage keys (layout kept from the earlier system).
+
+{video_id}/source/source.<ext>
+{video_id}/chunks/...                                  (split intermediates; none by default)
+{video_id}/manifests/source.json
+{video_id}/outputs/{rung}/segments/{profile}/seg_00000.ts
+{video_id}/outputs/audio/{profile}/audio.m4a
+{video_id}/cache/...                                   (Prefect result records)
+{video_id}/report.json
+encoded/{video_id}_{rung}.mp4
+"""
+
+from __future__ import annotations
+
+
+def source(video_id: str, ext: str) -> str:
+    return f"{video_id}/source/source.{ext}"
+
+
+def chunks_prefix(video_id: str) -> str:
+    return f"{video_id}/chunks/"
+
+
+def manifest(video_id: str) -> str:
+    return f"{video_id}/manifests/source.json"
+
+
+def segment(video_id: str, rung: str, profile: str, index: int) -> str:
+    return f"{video_id}/outputs/{rung}/segments/{profile}/seg_{index:05d}.ts"
+
+
+def audio(video_id: str, profile: str) -> str:
+    return f"{video_id}/outputs/audio/{profile}/audio.m4a"
+
+
+def transcode_cache(video_id: str, rung: str, chunk_sha: str, profile: str, encoder_version: str) -> str:
+    # task / chunk sha256 / rendition profile hash / encoder version
+    return f"{video_id}/cache/transcode-{rung}/{chunk_sha}/{profile}/{encoder_version}"
+
+
+def audio_cache(video_id: str, profile: str, encoder_version: str) -> str:
+    return f"{video_id}/cache/audio/{profile}/{encoder_version}"
+
+
+def report(video_id: str) -> str:
+    return f"{video_id}/report.json"
+
+
+def encoded(video_id: str, rung: str) -> str:
+    return f"encoded/{video_id}_{rung}.mp4"

@@ -1,0 +1,207 @@
+"""Typed values passed between stages. Small, immutable, no video bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from fractions import Fraction
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class SourceObject(Frozen):
+    """The original, stored whole at `key`; `video_id` derives from `sha256`."""
+
+    video_id: str
+    key: str
+    sha256: str
+    size: int
+    ext: str
+    origin: str  # what the user handed in (path, s3:// URI or URL), for the report
+
+
+class VideoInfo(Frozen):
+    codec: str
+    width: int  # coded size
+    height: int
+    display_width: int  # after rotation and sample aspect ratio
+    display_height: int
+    rotation: int  # degrees, as the display matrix says (applied by the decoder)
+    sar: str
+    pix_fmt: str
+    bit_depth: int
+    field_order: str
+    interlaced: bool
+    fps_num: int
+    fps_den: int
+    frames: int  # packets in the stream (one per frame for the codecs we accept)
+    start_time: float  # seconds, the stream's first presentation time
+    duration: float
+    time_base: str
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+
+class AudioInfo(Frozen):
+    codec: str
+    channels: int
+    sample_rate: int
+    start_time: float
+    duration: float
+
+
+class Probe(Frozen):
+    format_name: str
+    format_start: float  # the container's start_time: `-ss` on input is relative to it
+    duration: float
+    size: int
+    bit_rate: int
+    video: VideoInfo
+    audio: AudioInfo | None
+
+
+class Rung(Frozen):
+    name: str  # "720p": the short side of the displayed picture
+    width: int
+    height: int
+
+
+class EncoderSettings(Frozen):
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    crf: int = 23
+    profile: str = "high"
+    pix_fmt: str = "yuv420p"
+    threads: int = 2  # fixed so that output is deterministic on any machine
+    audio_bitrate_kbps: int = 128
+
+    def version_fields(self) -> dict:
+        # threads change speed, not the picture enough to matter: not part of the key
+        return self.model_dump(exclude={"threads"})
+
+
+class Chunk(Frozen):
+    """Frames [start_frame, end_frame) of the source; `out_frames` frames of output.
+
+    `seek` is the input `-ss` (seconds from the container start) that lands just
+    before `start_frame`: ffmpeg seeks to the keyframe at or before it, decodes, and
+    drops every frame presented earlier, so the chunk starts on exactly that frame.
+    """
+
+    index: int
+    start_frame: int
+    end_frame: int
+    seek: float | None  # None: the first chunk, decoded from the start
+    out_start: int
+    out_frames: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}"
+
+
+class Plan(Frozen):
+    video_id: str
+    source_sha256: str
+    rungs: tuple[Rung, ...]
+    chunks: tuple[Chunk, ...]
+    fps_num: int
+    fps_den: int
+    vfr: bool  # source timestamps are irregular: output is converted to fps_num/fps_den
+    deinterlace: bool
+    gop_frames: int
+    total_frames: int  # output frames per rung
+    has_audio: bool
+    video_start: float  # first frame's time, seconds from the container start (A/V sync)
+    encoder: EncoderSettings
+    skipped_rungs: tuple[str, ...] = ()  # asked for, but would upscale
+
+    @property
+    def fps(self) -> Fraction:
+        return Fraction(self.fps_num, self.fps_den)
+
+    @property
+    def duration(self) -> float:
+        return float(self.total_frames / self.fps)
+
+    def filters_fingerprint(self) -> dict:
+        return {"vfr": self.vfr, "fps": f"{self.fps_num}/{self.fps_den}", "deinterlace": self.deinterlace}
+
+    def profile_hash(self, rung: Rung) -> str:
+        """Everything that decides a rung's pictures, hashed: the cache key's profile part."""
+        return stable_hash(
+            {
+                "rung": rung.model_dump(),
+                "encoder": self.encoder.version_fields(),
+                "gop": self.gop_frames,
+                **self.filters_fingerprint(),
+            }
+        )[:16]
+
+
+class Segment(Frozen):
+    """One transcoded chunk of one rung, stored at `key` (MPEG-TS, video only)."""
+
+    rung: str
+    index: int
+    key: str
+    frames: int
+    size: int
+    sha256: str
+
+
+class AudioTrack(Frozen):
+    key: str
+    sha256: str
+    duration: float
+
+
+class Rendition(Frozen):
+    name: str
+    key: str
+    path: str | None
+    width: int
+    height: int
+    frames: int
+    duration: float
+    audio_duration: float | None
+    bitrate: int
+    size: int
+    sha256: str
+
+
+class EncoderReport(Frozen):
+    codec: str
+    preset: str
+    crf: int
+    gop_frames: int
+    profile: str
+    pix_fmt: str
+    audio_bitrate_kbps: int
+
+
+class TranscodeResult(Frozen):
+    video_id: str
+    source_key: str
+    chunks: int
+    transcoded: int  # chunk x rung tasks that ran in this run
+    cached: int  # chunk x rung tasks answered from the cache
+    renditions: tuple[Rendition, ...]
+    encoder: EncoderReport
+    fps: str
+    duration: float
+    skipped_rungs: tuple[str, ...]
+    report_key: str
+    manifest_key: str
+    wall_seconds: float
+
+
+def stable_hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,229 @@
+"""ffprobe → typed `Probe`; the only module that parses ffprobe output.
+
+Rejects what is not a usable video with a `BadInputError` that says why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from . import ffmpeg
+from .errors import BadInputError, FFmpegError
+from .models import AudioInfo, Probe, VideoInfo
+from .settings import Settings
+
+PROBE_TIMEOUT = 120.0
+STANDARD_RATES = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                  Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60)]
+
+
+@dataclass(frozen=True)
+class FrameIndex:
+    """Presentation times of every video frame, in stream time-base units, sorted."""
+
+    pts: list[int]
+    keyframes: set[int]  # positions in `pts` (frame numbers) that are keyframes
+    time_base: Fraction
+
+    def seconds(self, frame: int) -> Fraction:
+        return self.pts[frame] * self.time_base
+
+
+def probe(path: Path, settings: Settings) -> Probe:
+    size = path.stat().st_size
+    if size == 0:
+        raise BadInputError("the file is empty (0 bytes)")
+    if size > settings.max_input_bytes:
+        raise BadInputError(f"the file is {size} bytes, over the limit of {settings.max_input_bytes}")
+    argv = [ffmpeg.FFPROBE, "-v", "error", "-hide_banner", "-of", "json", "-show_format", "-show_streams",
+            *ffmpeg.source_input(path)]
+    try:
+        out = ffmpeg.run(argv, PROBE_TIMEOUT, "probe").stdout
+    except FFmpegError as exc:
+        raise BadInputError(f"not a readable video: {_first_line(exc.stderr) or exc.summary}") from None
+    data = json.loads(out or "{}")
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    videos = [s for s in streams if s.get("codec_type") == "video"
+              and not (s.get("disposition") or {}).get("attached_pic")]
+    if not videos:
+        kinds = sorted({s.get("codec_type", "?") for s in streams})
+        what = "audio only" if kinds == ["audio"] else ("no streams" if not kinds else "streams: " + ", ".join(kinds))
+        raise BadInputError(f"no video stream in the file ({what})")
+    v = videos[0]
+    video = _video_info(v, fmt, settings)
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    audio = _audio_info(audios[0]) if audios else None
+    duration = _float(fmt.get("duration")) or video.duration
+    if duration > settings.max_duration_seconds:
+        raise BadInputError(f"the video lasts {duration:.0f} s, over the limit of {settings.max_duration_seconds:.0f} s")
+    _check_decodes(path, settings)
+    return Probe(
+        format_name=fmt.get("format_name", "?"),
+        format_start=_float(fmt.get("start_time")),
+        duration=duration,
+        size=size,
+        bit_rate=int(_float(fmt.get("bit_rate"))),
+        video=video,
+        audio=audio,
+    )
+
+
+def frame_index(path: Path, settings: Settings) -> FrameIndex:
+    """Read every video packet's timestamp and key flag, without decoding."""
+    argv = [ffmpeg.FFPROBE, "-v", "error", "-hide_banner", "-select_streams", "v:0",
+            "-show_entries", "packet=pts,dts,flags:stream=time_base", "-of", "json",
+            *ffmpeg.source_input(path)]
+    try:
+        proc = ffmpeg.run(argv, PROBE_TIMEOUT * 5, "index")
+    except FFmpegError as exc:
+        raise BadInputError(f"cannot read the video's packets: {_first_line(exc.stderr) or exc.summary}") from None
+    damage = _first_line(proc.stderr)
+    if damage:
+        raise BadInputError(f"the file is damaged or truncated: {damage}")
+    data = json.loads(proc.stdout or "{}")
+    tb = Fraction((data.get("streams") or [{}])[0].get("time_base", "1/90000"))
+    rows = []
+    for p in data.get("packets") or []:
+        flags = p.get("flags", "")
+        if "D" in flags:  # discarded packets are never shown
+            continue
+        ts = p.get("pts", p.get("dts"))
+        if ts is None:
+            continue
+        rows.append((int(ts), "K" in flags))
+    if not rows:
+        raise BadInputError("the video stream has no frames")
+    if len(rows) > settings.max_frames:
+        raise BadInputError(f"the video has {len(rows)} frames, over the limit of {settings.max_frames}")
+    rows.sort(key=lambda r: r[0])
+    pts = [r[0] for r in rows]
+    keys = {i for i, r in enumerate(rows) if r[1]}
+    if 0 not in keys:
+        keys.add(0)  # the first frame shown is reached by decoding from the start anyway
+    return FrameIndex(pts=pts, keyframes=keys, time_base=tb)
+
+
+def frame_rate(index: FrameIndex, nominal: Fraction) -> tuple[Fraction, bool]:
+    """The constant output rate, and whether the source's timestamps are irregular."""
+    diffs = [b - a for a, b in zip(index.pts, index.pts[1:])]
+    if not diffs:
+        return (nominal if 0 < nominal <= 240 else Fraction(25)), False
+    med = statistics.median(diffs)
+    tolerance = max(1, 0.02 * med)
+    vfr = any(abs(d - med) > tolerance for d in diffs)
+    if not vfr:
+        measured = 1 / (Fraction(med).limit_denominator(10**6) * index.time_base)
+        if nominal > 0 and abs(float(nominal / measured) - 1) < 0.01:
+            return nominal, False
+        return _snap(measured), False
+    span = (index.pts[-1] - index.pts[0]) * index.time_base
+    avg = Fraction(len(diffs)) / span if span > 0 else nominal
+    return min(_snap(avg), Fraction(60)), True
+
+
+def _snap(rate: Fraction) -> Fraction:
+    for std in STANDARD_RATES:
+        if abs(float(rate / std) - 1) < 0.03:
+            return std
+    return max(Fraction(1), rate.limit_denominator(1001))
+
+
+def _video_info(v: dict, fmt: dict, settings: Settings) -> VideoInfo:
+    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise BadInputError("the video stream has no picture size (not a decodable video)")
+    if max(width, height) > settings.max_dimension:
+        raise BadInputError(f"the picture is {width}x{height}, larger than {settings.max_dimension} pixels on a side")
+    if min(width, height) < settings.min_dimension:
+        raise BadInputError(f"the picture is {width}x{height}, smaller than {settings.min_dimension} pixels on a side")
+    rotation = _rotation(v)
+    sar = v.get("sample_aspect_ratio") or "1:1"
+    try:
+        num, den = (int(x) for x in sar.split(":"))
+        sar_f = Fraction(num, den) if num > 0 and den > 0 else Fraction(1)
+    except ValueError:
+        sar_f = Fraction(1)
+    disp_w, disp_h = width * sar_f, Fraction(height)
+    if rotation % 180 != 0:
+        disp_w, disp_h = disp_h, disp_w
+    rate = Fraction(v.get("r_frame_rate") or "0/1") if (v.get("r_frame_rate") or "0/0") != "0/0" else Fraction(0)
+    pix_fmt = v.get("pix_fmt") or "unknown"
+    field_order = v.get("field_order") or "unknown"
+    return VideoInfo(
+        codec=v.get("codec_name", "?"),
+        width=width,
+        height=height,
+        display_width=max(2, round(disp_w)),
+        display_height=max(2, round(disp_h)),
+        rotation=rotation,
+        sar=f"{sar_f.numerator}:{sar_f.denominator}",
+        pix_fmt=pix_fmt,
+        bit_depth=_bit_depth(pix_fmt, v),
+        field_order=field_order,
+        interlaced=field_order in ("tt", "bb", "tb", "bt"),
+        fps_num=rate.numerator,
+        fps_den=rate.denominator or 1,
+        frames=int(v.get("nb_frames") or 0),
+        start_time=_float(v.get("start_time")),
+        duration=_float(v.get("duration")) or _float(fmt.get("duration")),
+        time_base=v.get("time_base", "1/90000"),
+    )
+
+
+def _audio_info(a: dict) -> AudioInfo:
+    return AudioInfo(
+        codec=a.get("codec_name", "?"),
+        channels=int(a.get("channels") or 0),
+        sample_rate=int(a.get("sample_rate") or 0),
+        start_time=_float(a.get("start_time")),
+        duration=_float(a.get("duration")),
+    )
+
+
+def _check_decodes(path: Path, settings: Settings) -> None:
+    argv = [ffmpeg.FFMPEG, "-v", "error", "-hide_banner", "-nostdin",
+            *ffmpeg.source_input(path, max_pixels=settings.max_dimension**2),
+            "-map", "0:v:0", "-frames:v", "1", "-nostats", "-progress", "pipe:1", "-f", "null", "-"]
+    try:
+        proc = ffmpeg.run(argv, PROBE_TIMEOUT, "decode check")
+    except FFmpegError as exc:
+        raise BadInputError(f"the video stream cannot be decoded: {_first_line(exc.stderr) or exc.summary}") from None
+    if "frame=1" not in proc.stdout:
+        raise BadInputError(f"the video stream cannot be decoded: {_first_line(proc.stderr) or 'no frame came out'}")
+
+
+def _rotation(v: dict) -> int:
+    for sd in v.get("side_data_list") or []:
+        if "rotation" in sd:
+            return int(round(float(sd["rotation"]))) % 360
+    rotate = (v.get("tags") or {}).get("rotate")
+    return int(rotate) % 360 if rotate and rotate.lstrip("-").isdigit() else 0
+
+
+def _bit_depth(pix_fmt: str, v: dict) -> int:
+    raw = v.get("bits_per_raw_sample")
+    if raw and str(raw).isdigit():
+        return int(raw)
+    m = re.search(r"p(\d{2})(le|be)?$", pix_fmt)
+    return int(m.group(1)) if m else 8
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _first_line(text: str) -> str:
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line:
+            return line[:300]
+    return ""

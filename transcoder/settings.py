@@ -1,0 +1,70 @@
+"""Every knob in one place, read from the environment (prefix `TRANSCODE_`).
+
+Tasks never hard-code a bucket, a block name or an endpoint: they ask `get_settings()`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRANSCODE_", extra="ignore")
+
+    # Local state of the embedded stack (servers' data, scratch space, samples).
+    data_dir: Path = REPO_ROOT / ".data"
+    # Storage: an S3Bucket block by name, unless an endpoint is given here, in which
+    # case credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    storage_block: str = "transcode-storage"
+    bucket: str = "videos"
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Chunking. Segments are the HLS/keyframe unit; chunks are a whole number of
+    # segments so every chunk joint is a keyframe shared by all rungs.
+    segment_seconds: float = Field(4.0, gt=0.5, le=30)
+    chunk_seconds: float = Field(8.0, gt=0.5, le=600)
+    max_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+
+    # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    crf: int = Field(23, ge=0, le=51)
+    x264_threads: int = Field(2, ge=0, le=64)
+    audio_bitrate_kbps: int = Field(128, ge=16, le=512)
+
+    # Process limits: every ffmpeg gets a timeout proportional to the media it handles.
+    ffmpeg_timeout_per_media_second: float = 30.0
+    ffmpeg_min_timeout: float = 120.0
+    transcode_retries: int = Field(2, ge=0, le=10)
+
+    # Input limits (hostile inputs).
+    max_input_bytes: int = 20 * 1024**3
+    max_duration_seconds: float = 6 * 3600
+    max_dimension: int = 8192
+    min_dimension: int = 16
+    max_frames: int = 2_000_000
+    allow_private_urls: bool = False
+    url_socket_timeout: float = 20.0
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Drop the cached settings (the environment changed, e.g. in tests)."""
+    get_settings.cache_clear()
+    return get_settings()

