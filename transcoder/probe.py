@@ -124,6 +124,10 @@ def frame_rate(index: FrameIndex, nominal: Fraction) -> tuple[Fraction, bool]:
         return _snap(measured), False
     span = (index.pts[-1] - index.pts[0]) * index.time_base
     avg = Fraction(len(diffs)) / span if span > 0 else nominal
+    # The container's base rate, when sane, is the rate the frames were made at (a
+    # dropped frame becomes a repeat); otherwise the average rate, snapped.
+    if 0 < nominal <= 60 and nominal >= avg * Fraction(99, 100):
+        return nominal, True
     return min(_snap(avg), Fraction(60)), True
 
 

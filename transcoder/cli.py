@@ -1,0 +1,227 @@
+"""`transcode`: run | up | down | status | demo.
+
+Prefect is imported only after the local stack is up (it reads PREFECT_API_URL at import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import BadInputError, TranscodeError
+from .settings import get_settings
+
+UI = "http://127.0.0.1:{port}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="transcode", description="Chunked, cached video transcoding on Prefect 3.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="transcode SOURCE (a path, s3://bucket/key or an http(s) URL)")
+    run.add_argument("source")
+    run.add_argument("--renditions", help="comma-separated <height>p rungs, e.g. 1080p,720p,480p,360p "
+                                          "(default: those that do not upscale, plus the source's own size)")
+    run.add_argument("--output-dir", help="also copy the final MP4s to this folder")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.add_argument("--preset", help="x264 preset (default: %(default)s from settings)")
+    run.add_argument("--crf", type=int, help="x264 CRF (default 23)")
+    run.add_argument("--chunk-seconds", type=float, help="target chunk length (default 8)")
+    run.add_argument("--segment-seconds", type=float, help="keyframe interval / segment length (default 4)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs and tracebacks")
+    sub.add_parser("up", help="start the local stack (Prefect server + SeaweedFS S3) and leave it running")
+    sub.add_parser("down", help="stop the local stack")
+    sub.add_parser("status", help="show whether the local stack is running")
+    demo = sub.add_parser("demo", help="generate a sample video and transcode it into a ladder")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            return _up()
+        if args.command == "down":
+            return _down()
+        if args.command == "status":
+            return _status()
+        if args.command == "demo":
+            return _demo(args.verbose)
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _stack():
+    from .stack import LocalStack
+
+    return LocalStack(get_settings())
+
+
+def _needs_local_stack() -> bool:
+    return not os.environ.get("PREFECT_API_URL") and not get_settings().s3_endpoint
+
+
+def _up() -> int:
+    state = _stack().up()
+    print(f"Prefect UI:  {state.prefect_url.removesuffix('/api')}")
+    print(f"S3 endpoint: {state.s3_endpoint} (bucket {get_settings().bucket}; "
+          f"credentials in {get_settings().data_dir / 'credentials.env'})")
+    return 0
+
+
+def _down() -> int:
+    print("stopped the local stack" if _stack().down() else "the local stack was not running")
+    return 0
+
+
+def _status() -> int:
+    state = _stack().state()
+    if state is None:
+        print("the local stack is not running (start it with `transcode up`)")
+        return 1
+    print(f"running: Prefect {state.prefect_url} (pid {state.prefect_pid}), S3 {state.s3_endpoint} (pid {state.s3_pid})")
+    return 0
+
+
+def _demo(verbose: bool) -> int:
+    from .samples import make_sample
+
+    settings = get_settings()
+    sample = settings.data_dir / "samples" / "demo-1080p-20s.mp4"
+    if not sample.exists():
+        print(f"generating a 20 s 1080p sample video with ffmpeg: {sample}", file=sys.stderr)
+    make_sample("standard", sample, seconds=20, width=1920, height=1080, fps="25")
+    out = settings.data_dir / "demo-output"
+    return _run(argparse.Namespace(source=str(sample), renditions=None, output_dir=str(out), json=False,
+                                   preset=None, crf=None, chunk_seconds=None, segment_seconds=None,
+                                   verbose=verbose))
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if _needs_local_stack():
+        state = _stack().up()
+        ui = state.prefect_url.removesuffix("/api")
+    else:
+        ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or None
+    from flows.transcode import PROGRESS_EVENT, transcode_video
+
+    if not args.verbose:
+        _quiet_prefect()
+
+    progress = _ProgressPrinter(PROGRESS_EVENT, enabled=not args.json)
+    logging.getLogger("prefect.flow_runs").addHandler(progress)
+    try:
+        result = transcode_video(
+            source=args.source,
+            renditions=args.renditions,
+            output_dir=args.output_dir,
+            preset=args.preset,
+            crf=args.crf,
+            chunk_seconds=args.chunk_seconds,
+            segment_seconds=args.segment_seconds,
+        )
+    except BadInputError as exc:
+        progress.finish()
+        print(f"error: bad input: {exc}", file=sys.stderr)
+        return 2
+    except TranscodeError as exc:
+        progress.finish()
+        print(f"error: {getattr(exc, 'summary', None) or str(exc).splitlines()[0]}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the CLI's promise: one line, no traceback
+        progress.finish()
+        if args.verbose:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(progress)
+    progress.finish()
+    if args.json:
+        payload = result.model_dump(mode="json")
+        payload["bucket"] = get_settings().bucket
+        payload["cli_seconds"] = round(time.monotonic() - started, 3)
+        print(json.dumps(payload, indent=2))
+    else:
+        _print_table(result, ui)
+    return 0
+
+
+def _print_table(result, ui: str | None) -> None:
+    bucket = get_settings().bucket
+    print(f"\nvideo {result.video_id}: {result.duration:.2f} s at {result.fps} fps, {result.chunks} chunks; "
+          f"chunk x rung tasks: {result.transcoded} transcoded, {result.cached} from cache "
+          f"({result.wall_seconds:.1f} s)")
+    if result.skipped_rungs:
+        print(f"skipped (would upscale): {', '.join(result.skipped_rungs)}")
+    header = f"{'rung':>6}  {'size':>10}  {'frames':>7}  {'kb/s':>6}  {'MB':>7}  where"
+    print(header)
+    for r in result.renditions:
+        where = r.path or f"s3://{bucket}/{r.key}"
+        print(f"{r.name:>6}  {r.width:>4}x{r.height:<5}  {r.frames:>7}  {r.bitrate // 1000:>6}  "
+              f"{r.size / 1e6:>7.2f}  {where}")
+    print(f"report: s3://{bucket}/{result.report_key}")
+    if ui:
+        print(f"Prefect UI: {ui}  (flow runs, artifacts: renditions-{result.video_id})")
+
+
+def _quiet_prefect() -> None:
+    """Keep Prefect's console lines out of the CLI's output; they still reach the UI."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL)
+    logging.getLogger("transcoder").setLevel(logging.WARNING)
+
+
+class _ProgressPrinter(logging.Handler):
+    """Shows the flow's progress records (`extra={PROGRESS_EVENT: (stage, done, total)}`) on stderr."""
+
+    def __init__(self, attr: str, enabled: bool):
+        super().__init__(logging.INFO)
+        self.attr, self.enabled = attr, enabled
+        self.tty = sys.stderr.isatty()
+        self.last: tuple | None = None
+        self.open_line = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        info = getattr(record, self.attr, None)
+        if not self.enabled:
+            return
+        if info is None:
+            if record.levelno >= logging.INFO and record.getMessage().startswith("plan:"):
+                self._line(record.getMessage(), final=True)
+            return
+        stage, done, total = info
+        pct = 100 * done // max(total, 1)
+        if not self.tty and self.last and self.last[0] == stage and pct // 25 == self.last[1] // 25 and done != total:
+            return
+        self.last = (stage, pct)
+        self._line(f"{stage}: {done}/{total} ({pct}%)", final=not self.tty or done == total)
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
+            self.open_line = not final
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.open_line:
+            sys.stderr.write("\n")
+            self.open_line = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
