@@ -76,7 +76,7 @@ def transcode_video(
     progress_id = create_progress_artifact(0.0, description=f"transcode of {src.video_id}: chunk x rung tasks done")
     audio_future = (encode_audio.with_options(result_storage=results).submit(plan, src, probe)
                     if plan.has_audio else None)
-    transcode = transcode_chunk.with_options(result_storage=results)
+    transcode = transcode_chunk.with_options(result_storage=results, retries=settings.transcode_retries)
     # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
     # its chunk; the later rungs' tasks then find their segments already stored.
     futures = [transcode.submit(plan, src, chunk, rung) for rung in plan.rungs for chunk in plan.chunks]

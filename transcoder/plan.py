@@ -38,7 +38,7 @@ def make_plan(
     rungs, skipped = build_ladder(probe.video, requested_rungs)
 
     t0 = index.seconds(0)
-    frame_dur = _last_frame_duration(index)
+    frame_dur = 1 / rate  # the last frame lasts one frame of the output rate
 
     def grid(frame: int) -> int:
         if not vfr:
@@ -107,9 +107,3 @@ def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float) ->
     gap = index.seconds(frame) - index.seconds(frame - 1)
     delta = min(gap / 2, 1 / (4 * rate))
     return float(index.seconds(frame) - delta) - format_start
-
-
-def _last_frame_duration(index: FrameIndex) -> Fraction:
-    if len(index.pts) < 2:
-        return Fraction(1, 25)
-    return (index.pts[-1] - index.pts[-2]) * index.time_base

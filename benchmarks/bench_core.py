@@ -1,0 +1,299 @@
+"""Core benchmark: the chunked engine against one plain ffmpeg making the same ladder.
+
+    .venv/bin/python benchmarks/bench_core.py [--seconds 60] [--height 1080] [--out benchmarks/out]
+
+On one input, in one run:
+  (b) engine     `transcode run` cold (a content-unique copy of the input, so no cache hit),
+                 wall + CPU of the CLI and its children + CPU of the Prefect and SeaweedFS servers;
+  (a) reference  one ffmpeg: decode once, split, one MP4 per rung, the engine's exact x264 args;
+      rerun      the engine again on the same input (everything from the cache);
+      quality    PSNR/SSIM of every rung of (a) and (b) against the source scaled to that rung.
+Prints a table with the targets and writes every number to OUT/results-core.json.
+Everything runs on this machine; the only traffic is loopback to the local stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a plain script, from any directory
+
+from transcoder.encode import video_filters, x264_args  # noqa: E402
+from transcoder.models import EncoderSettings, Plan, Rung  # noqa: E402
+from transcoder.samples import make_sample  # noqa: E402
+from transcoder.settings import get_settings  # noqa: E402
+
+TRANSCODE = str(Path(sys.executable).parent / "transcode")
+LADDER = "1080p,720p,480p,360p"
+TARGETS = {  # ratio <= target passes; size and PSNR are bands around the reference
+    "wall_ratio": 1.25,
+    "cpu_ratio": 1.20,
+    "size_delta_pct": 5.0,
+    "psnr_delta_db": 0.2,
+    "rerun_ratio": 0.10,
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measured:
+    wall: float
+    cpu: float  # user + system of the child and every descendant it waited for
+    server_cpu: float  # Prefect server + SeaweedFS (and their children) during the run
+    stdout: str
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds incl. reaped children) for every live process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # exited while we looked
+            continue
+        fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and ')'
+        ppid = int(fields[1])
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        table[int(entry)] = (ppid, (utime + stime + cutime + cstime) / CLK_TCK)
+    return table
+
+
+def servers_cpu(roots: list[int]) -> float:
+    """CPU seconds used so far by the server processes and all their live descendants."""
+    table = _proc_table()
+    tree, frontier = set(), [p for p in roots if p in table]
+    while frontier:
+        pid = frontier.pop()
+        tree.add(pid)
+        frontier += [p for p, (ppid, _) in table.items() if ppid == pid and p not in tree]
+    return sum(table[p][1] for p in tree)
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(argv: list[str], server_pids: list[int]) -> Measured:
+    """Run argv to completion; RUSAGE_CHILDREN deltas count it and all it waited for."""
+    cpu0, srv0, t0 = children_cpu(), servers_cpu(server_pids), time.perf_counter()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    cpu, srv = children_cpu() - cpu0, servers_cpu(server_pids) - srv0
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-3000:]}")
+    return Measured(wall=wall, cpu=cpu, server_cpu=srv, stdout=proc.stdout)
+
+
+# ---------------------------------------------------------------- inputs and stack
+
+
+def make_input(out: Path, seconds: float, height: int) -> Path:
+    width = 2 * round(height * 16 / 9 / 2)
+    return make_sample("standard", out / f"source-{seconds:g}s-{height}p.mp4",
+                       seconds=seconds, width=width, height=height, fps="25")
+
+
+def unique_copy(source: Path, out: Path) -> Path:
+    """Same pictures and sound, different bytes: the engine caches by the file's sha256."""
+    for old in out.glob("unique-*.mp4"):
+        old.unlink()
+    copy = out / f"unique-{uuid.uuid4().hex[:12]}.mp4"
+    subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
+                    "-map", "0", "-c", "copy", "-metadata", f"comment={copy.stem}", str(copy)], check=True)
+    return copy
+
+
+def stack_pids() -> list[int]:
+    """Start (or reuse) the local stack now, so its start-up is in no timed run."""
+    subprocess.run([TRANSCODE, "up"], check=True, stdout=subprocess.DEVNULL)
+    state = json.loads((get_settings().data_dir / "stack.json").read_text())
+    return [state["prefect_pid"], state["s3_pid"]]
+
+
+# ---------------------------------------------------------------- the two contenders
+
+
+def run_engine(source: Path, out_dir: Path, server_pids: list[int]) -> tuple[Measured, dict]:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    m = measure([TRANSCODE, "run", str(source), "--json", "--output-dir", str(out_dir),
+                 "--renditions", LADDER], server_pids)
+    return m, json.loads(m.stdout)
+
+
+def engine_plan(result: dict) -> Plan:
+    """A Plan with the engine's own encoder settings, rungs and GOP (from its JSON)."""
+    enc = result["encoder"]
+    fps_num, fps_den = (int(x) for x in result["fps"].split("/"))
+    return Plan(
+        video_id="reference", source_sha256="", chunks=(),
+        rungs=tuple(Rung(name=r["name"], width=r["width"], height=r["height"]) for r in result["renditions"]),
+        fps_num=fps_num, fps_den=fps_den, vfr=False, deinterlace=False,
+        gop_frames=enc["gop_frames"], total_frames=result["renditions"][0]["frames"],
+        has_audio=True, video_start=0.0,
+        encoder=EncoderSettings(codec=enc["codec"], preset=enc["preset"], crf=enc["crf"], profile=enc["profile"],
+                                pix_fmt=enc["pix_fmt"], audio_bitrate_kbps=enc["audio_bitrate_kbps"],
+                                threads=get_settings().x264_threads),  # not in the JSON; same source as the engine
+    )
+
+
+def reference_argv(source: Path, plan: Plan, out_dir: Path) -> tuple[list[str], dict[str, Path]]:
+    """One ffmpeg, one decode, the engine's filter graph and x264 args, one MP4 per rung."""
+    outputs = {r.name: out_dir / f"{r.name}.mp4" for r in plan.rungs}
+    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
+            "-filter_complex", video_filters(plan, list(plan.rungs))]
+    for i, rung in enumerate(plan.rungs):
+        argv += ["-map", f"[o{i}]", "-map", "0:a:0", *x264_args(rung, plan),
+                 "-c:a", "aac", "-b:a", f"{plan.encoder.audio_bitrate_kbps}k", "-ar", "48000", "-ac", "2",
+                 "-movflags", "+faststart", str(outputs[rung.name])]
+    return argv, outputs
+
+
+# ---------------------------------------------------------------- quality
+
+
+def frame_count(path: Path) -> int:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+                          "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def quality(output: Path, source: Path, rung: Rung) -> dict:
+    """PSNR and SSIM of one output against the source scaled to the rung (frame n to frame n)."""
+    graph = (f"[1:v]setpts=PTS-STARTPTS,scale={rung.width}:{rung.height}:flags=bicubic,setsar=1,"
+             f"format=yuv420p,split[r0][r1];"
+             f"[0:v]setpts=PTS-STARTPTS,format=yuv420p[d];"
+             f"[d][r0]psnr[p];[p][r1]ssim")  # psnr passes its first input through to ssim
+    err = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(output), "-i", str(source),
+                          "-filter_complex", graph, "-an", "-f", "null", "-"],
+                         check=True, capture_output=True, text=True).stderr
+    psnr = re.search(r"PSNR .*average:([\d.]+|inf)", err)
+    ssim = re.search(r"SSIM .*All:([\d.]+)", err)
+    if not (psnr and ssim):
+        sys.exit(f"no PSNR/SSIM summary for {output}:\n{err[-2000:]}")
+    return {"psnr": float(psnr.group(1)), "ssim": float(ssim.group(1)),
+            "frames": frame_count(output), "size": output.stat().st_size}
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def print_table(r: dict) -> None:
+    a, b, rerun = r["reference"], r["engine"], r["rerun"]
+    print(f"\ninput {r['input']['seconds']:g} s {r['input']['height']}p, {r['input']['frames']} frames; "
+          f"engine {r['engine']['chunks']} chunks\n")
+    print(f"{'':24}{'(a) ffmpeg':>12}{'(b) engine':>12}{'ratio':>8}  target")
+    print(f"{'wall s':24}{a['wall']:>12.2f}{b['wall']:>12.2f}{r['wall_ratio']:>8.3f}  "
+          f"<= {TARGETS['wall_ratio']}  {verdict(r['wall_ratio'] <= TARGETS['wall_ratio'])}")
+    print(f"{'CPU s (b: incl. servers)':24}{a['cpu']:>12.2f}{b['cpu_total']:>12.2f}{r['cpu_ratio']:>8.3f}  "
+          f"<= {TARGETS['cpu_ratio']}  {verdict(r['cpu_ratio'] <= TARGETS['cpu_ratio'])}")
+    print(f"{'  of which CLI+ffmpeg':24}{'':>12}{b['cpu']:>12.2f}")
+    print(f"{'  of which servers':24}{'':>12}{b['server_cpu']:>12.2f}")
+    print(f"{'cached rerun wall s':24}{'':>12}{rerun['wall']:>12.2f}{r['rerun_ratio']:>8.3f}  "
+          f"<= {TARGETS['rerun_ratio']}  {verdict(r['rerun_ratio'] <= TARGETS['rerun_ratio'])}  "
+          f"(cached {rerun['cached']}/{rerun['cached'] + rerun['transcoded']}, "
+          f"same bytes: {rerun['same_sha256']})")
+    print(f"{'flow wall s (inside)':24}{'':>12}{b['flow_wall']:>12.2f}"
+          f"   rerun {rerun['flow_wall']:.2f}")
+    print(f"\n{'rung':>6} {'size a':>11} {'size b':>11} {'b/a-1':>7} {'PSNR a':>7} {'PSNR b':>7} {'delta':>6}"
+          f" {'SSIM a':>7} {'SSIM b':>7} {'frames a/b':>11}  size / PSNR")
+    for q in r["rungs"]:
+        qa, qb = q["a"], q["b"]
+        print(f"{q['name']:>6} {qa['size']:>11,} {qb['size']:>11,} {q['size_delta_pct']:>+6.2f}% "
+              f"{qa['psnr']:>7.2f} {qb['psnr']:>7.2f} {q['psnr_delta_db']:>+6.2f} {qa['ssim']:>7.4f} "
+              f"{qb['ssim']:>7.4f} {qa['frames']:>5}/{qb['frames']:<5}  "
+              f"{verdict(abs(q['size_delta_pct']) <= TARGETS['size_delta_pct'])} / "
+              f"{verdict(abs(q['psnr_delta_db']) <= TARGETS['psnr_delta_db'])}")
+    print(f"\ntargets: wall <= {TARGETS['wall_ratio']}, CPU <= {TARGETS['cpu_ratio']}, "
+          f"size within {TARGETS['size_delta_pct']:g}%, PSNR within {TARGETS['psnr_delta_db']} dB, "
+          f"rerun <= {TARGETS['rerun_ratio']:.0%} of cold")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
+    args = parser.parse_args()
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    base = make_input(out, args.seconds, args.height)
+    source = unique_copy(base, out)
+    pids = stack_pids()
+
+    print("(b) engine, cold ...", file=sys.stderr)
+    engine, result = run_engine(source, out / "engine", pids)
+    plan = engine_plan(result)
+
+    print("(a) reference ffmpeg ...", file=sys.stderr)
+    ref_dir = out / "reference"
+    shutil.rmtree(ref_dir, ignore_errors=True)
+    ref_dir.mkdir()
+    argv, ref_outputs = reference_argv(source, plan, ref_dir)
+    ref = measure(argv, pids)
+
+    print("engine, cached rerun ...", file=sys.stderr)
+    rerun, rerun_result = run_engine(source, out / "engine-rerun", pids)
+
+    print("quality ...", file=sys.stderr)
+    rungs = []
+    for rung, rend in zip(plan.rungs, result["renditions"]):
+        qa = quality(ref_outputs[rung.name], source, rung)
+        qb = quality(Path(rend["path"]), source, rung)
+        rungs.append({"name": rung.name, "width": rung.width, "height": rung.height, "a": qa, "b": qb,
+                      "size_delta_pct": 100 * (qb["size"] / qa["size"] - 1),
+                      "psnr_delta_db": qb["psnr"] - qa["psnr"]})
+
+    engine_cpu_total = engine.cpu + engine.server_cpu
+    results = {
+        "input": {"path": str(source), "seconds": args.seconds, "height": args.height,
+                  "frames": frame_count(source)},
+        "targets": TARGETS,
+        "reference": {"wall": ref.wall, "cpu": ref.cpu, "server_cpu_during": ref.server_cpu, "argv": argv},
+        "engine": {"wall": engine.wall, "cpu": engine.cpu, "server_cpu": engine.server_cpu,
+                   "cpu_total": engine_cpu_total, "flow_wall": result["wall_seconds"],
+                   "cli_seconds": result["cli_seconds"], "chunks": result["chunks"],
+                   "transcoded": result["transcoded"], "cached": result["cached"],
+                   "video_id": result["video_id"], "encoder": result["encoder"], "fps": result["fps"]},
+        "rerun": {"wall": rerun.wall, "cpu": rerun.cpu, "server_cpu": rerun.server_cpu,
+                  "flow_wall": rerun_result["wall_seconds"], "cached": rerun_result["cached"],
+                  "transcoded": rerun_result["transcoded"],
+                  "same_sha256": [x["sha256"] for x in rerun_result["renditions"]]
+                  == [x["sha256"] for x in result["renditions"]]},
+        "wall_ratio": engine.wall / ref.wall,
+        "cpu_ratio": engine_cpu_total / ref.cpu,
+        "rerun_ratio": rerun.wall / engine.wall,
+        "rungs": rungs,
+    }
+    results["benchmark_seconds"] = time.perf_counter() - started
+    (out / "results-core.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nresults: {out / 'results-core.json'} (benchmark took {results['benchmark_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

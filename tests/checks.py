@@ -1,0 +1,48 @@
+"""Independent checks of outputs with ffprobe/ffmpeg (not the pipeline's own verify)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+
+def streams(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                          "stream=codec_type,codec_name,width,height,pix_fmt,field_order,nb_read_frames,duration,"
+                          "sample_rate,channels:stream_side_data=rotation:format=duration", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    by_type = {}
+    for s in data["streams"]:
+        by_type.setdefault(s["codec_type"], s)
+    by_type["format"] = data["format"]
+    return by_type
+
+
+def decoded_frames(path: Path) -> int:
+    return int(streams(path)["video"]["nb_read_frames"])
+
+
+def moov_before_mdat(path: Path) -> bool:
+    head = path.read_bytes()[:1 << 16]
+    return 0 <= head.find(b"moov") < (head.find(b"mdat") if b"mdat" in head else 1 << 30)
+
+
+def per_frame_psnr(output: Path, source: Path, width: int, height: int, extra_filters: str = "") -> list[float]:
+    """PSNR (luma+chroma average) of each output frame against the source frame it should be.
+
+    A frame lost, repeated or shifted at a chunk joint shows up as a sharp dip.
+    """
+    pre = f"{extra_filters}," if extra_filters else ""
+    graph = (f"[1:v]{pre}scale={width}:{height}:flags=bicubic,setsar=1,format=yuv420p[ref];"
+             f"[0:v]format=yuv420p[dis];[dis][ref]psnr=stats_file=-")
+    proc = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(output), "-i", str(source),
+                           "-lavfi", graph, "-f", "null", "-"], capture_output=True, text=True, check=True)
+    values = []
+    for line in proc.stdout.splitlines():
+        m = re.search(r"psnr_avg:(\S+)", line)
+        if m:
+            values.append(float("inf") if m.group(1) == "inf" else float(m.group(1)))
+    return values

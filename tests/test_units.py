@@ -1,0 +1,174 @@
+"""Pure functions: argv building, the ladder, chunk planning, the address check. No process runs."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from transcoder import encode, keys
+from transcoder.errors import BadInputError
+from transcoder.ladder import build_ladder, parse_rungs
+from transcoder.models import EncoderSettings, Probe, VideoInfo
+from transcoder.plan import make_plan
+from transcoder.probe import FrameIndex, frame_rate
+from transcoder.urlfetch import address_allowed
+
+
+def video(w=1920, h=1080, rotation=0, sar="1:1", interlaced=False) -> VideoInfo:
+    dw, dh = (w * Fraction(*map(int, sar.split(":"))), h)
+    if rotation % 180:
+        dw, dh = dh, dw
+    return VideoInfo(codec="h264", width=w, height=h, display_width=round(dw), display_height=round(dh),
+                     rotation=rotation, sar=sar, pix_fmt="yuv420p", bit_depth=8, field_order="progressive",
+                     interlaced=interlaced, fps_num=25, fps_den=1, frames=0, start_time=0, duration=60,
+                     time_base="1/12800")
+
+
+def probe_of(v: VideoInfo, audio=False) -> Probe:
+    return Probe(format_name="mp4", format_start=0.0, duration=60, size=1, bit_rate=1, video=v, audio=None)
+
+
+def names(rungs):
+    return [(r.name, r.width, r.height) for r in rungs]
+
+
+def test_default_ladder_does_not_upscale_and_adds_source_height():
+    rungs, skipped = build_ladder(video(1280, 544), None)
+    assert names(rungs) == [("544p", 1280, 544), ("480p", 1130, 480), ("360p", 848, 360)]
+    assert skipped == ()
+    assert [r.name for r in build_ladder(video(1920, 1080), None)[0]] == ["1080p", "720p", "480p", "360p"]
+    assert [r.name for r in build_ladder(video(3840, 2160), None)[0]] == ["1080p", "720p", "480p", "360p"]
+    assert names(build_ladder(video(320, 240), None)[0]) == [("240p", 320, 240)]
+
+
+def test_earlier_system_ladder_and_skipped_upscales():
+    rungs, skipped = build_ladder(video(1920, 1080), parse_rungs("720p,480p,320p"))
+    assert names(rungs) == [("720p", 1280, 720), ("480p", 854, 480), ("320p", 568, 320)]
+    rungs, skipped = build_ladder(video(1280, 720), parse_rungs("1080p,720p"))
+    assert [r.name for r in rungs] == ["720p"] and skipped == ("1080p",)
+
+
+def test_rotation_and_non_square_pixels():
+    # stored 1280x720, shown portrait: the rung is the short side, the width
+    rungs, _ = build_ladder(video(1280, 720, rotation=90), None)
+    assert names(rungs) == [("720p", 720, 1280), ("480p", 480, 854), ("360p", 360, 640)]
+    # 720x576 with 16:15 pixels shows as 768x576
+    rungs, _ = build_ladder(video(720, 576, sar="16:15"), None)
+    assert names(rungs)[0] == ("576p", 768, 576)
+
+
+@pytest.mark.parametrize("bad", ["720", "abc", "5p", "99999p", "720p,x"])
+def test_bad_rendition_names_are_refused(bad):
+    with pytest.raises(BadInputError):
+        parse_rungs(bad)
+
+
+def index(n, step=512, tb=Fraction(1, 12800), keyframes=None) -> FrameIndex:
+    return FrameIndex(pts=[i * step for i in range(n)], keyframes=set(keyframes or [0]), time_base=tb)
+
+
+def test_plan_chunks_are_whole_segments_and_cover_every_frame():
+    enc = EncoderSettings()
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500), None, enc, segment_seconds=4, chunk_seconds=8)
+    assert plan.gop_frames == 100
+    starts = [c.start_frame for c in plan.chunks]
+    assert all(s % 100 == 0 for s in starts)
+    assert plan.chunks[0].seek is None
+    assert sum(c.out_frames for c in plan.chunks) == 1500 == plan.total_frames
+    assert all(a.end_frame == b.start_frame for a, b in zip(plan.chunks, plan.chunks[1:]))
+    assert plan.chunks[-1].end_frame == 1500
+    # the seek point lies between the chunk's first frame and the frame before it
+    c = plan.chunks[1]
+    assert (c.start_frame - 1) / 25 < c.seek < c.start_frame / 25
+
+
+def test_plan_prefers_keyframes_within_reach():
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500, keyframes=[0, 300, 700]), None,
+                     EncoderSettings(), segment_seconds=4, chunk_seconds=8)
+    assert [c.start_frame for c in plan.chunks][:3] == [0, 300, 500]
+
+
+def test_chunk_hashes_change_with_the_source():
+    a = make_plan("v", "sha-a", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    b = make_plan("v", "sha-b", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    assert a.chunks[0].sha256 != b.chunks[0].sha256
+
+
+def test_variable_frame_rate_is_detected_and_keeps_the_nominal_rate():
+    pts = [i * 512 for i in range(200) if i % 7 != 3]
+    idx = FrameIndex(pts=pts, keyframes={0}, time_base=Fraction(1, 12800))
+    assert frame_rate(idx, Fraction(25)) == (Fraction(25), True)
+    assert frame_rate(index(200), Fraction(25)) == (Fraction(25), False)
+    # 29.97 in a millisecond time base: 33/34 ms steps are still constant
+    ms = FrameIndex(pts=[round(i * 1001 / 30) for i in range(300)], keyframes={0}, time_base=Fraction(1, 1000))
+    assert frame_rate(ms, Fraction(30000, 1001)) == (Fraction(30000, 1001), False)
+
+
+def test_profile_hash_depends_on_what_changes_pictures_only():
+    base = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    rung = base.rungs[0]
+    threads = base.model_copy(update={"encoder": EncoderSettings(threads=8)})
+    crf = base.model_copy(update={"encoder": EncoderSettings(crf=20)})
+    assert base.profile_hash(rung) == threads.profile_hash(rung)
+    assert base.profile_hash(rung) != crf.profile_hash(rung)
+
+
+def test_chunk_argv_decodes_once_and_writes_every_rung(tmp_path):
+    plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    chunk = plan.chunks[1]
+    outs = [(r, tmp_path / f"{r.name}.ts") for r in plan.rungs]
+    argv = encode.chunk_argv(tmp_path / "src.mp4", plan, chunk, outs, max_pixels=8192 * 8192)
+    assert argv.count("-i") == 1
+    i = argv.index("-i")
+    assert argv[i + 1] == f"file:{tmp_path / 'src.mp4'}"
+    assert argv[argv.index("-ss") + 1] == f"{chunk.seek:.6f}" and argv.index("-ss") < i
+    assert argv[argv.index("-protocol_whitelist") + 1] == "file"
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert "split=4" in graph and graph.count("scale=") == 4
+    assert argv.count("-frames:v") == 4 and argv[argv.index("-frames:v") + 1] == str(chunk.out_frames)
+    assert argv.count("-sc_threshold") == 4 and argv[argv.index("-g") + 1] == "100"
+    assert all(str(p).endswith(".ts") for p in [a for a in argv if a.startswith("file:") and "ts" in a])
+
+
+def test_chunk_argv_deinterlaces_and_converts_vfr():
+    plan = make_plan("v", "s", probe_of(video(interlaced=True)), index(600), None, EncoderSettings(), 4, 8)
+    plan = plan.model_copy(update={"vfr": True})
+    graph = encode.video_filters(plan, list(plan.rungs))
+    assert graph.startswith("[0:v:0]yadif=") and "fps=fps=25/1" in graph
+
+
+def test_audio_argv_aligns_to_the_first_frame(tmp_path):
+    plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    plan = plan.model_copy(update={"video_start": 0.5})
+    argv = encode.audio_argv(tmp_path / "s.mp4", plan, 6, tmp_path / "a.m4a")
+    af = argv[argv.index("-af") + 1]
+    assert "asetpts=PTS-0.500000/TB" in af and "first_pts=0" in af
+    assert argv[argv.index("-t") + 1] == f"{plan.duration:.6f}"
+    assert argv[argv.index("-ac") + 1] == "2"
+
+
+def test_storage_keys_follow_the_layout():
+    assert keys.source("abc", "mp4") == "abc/source/source.mp4"
+    assert keys.encoded("abc", "720p") == "encoded/abc_720p.mp4"
+    assert keys.segment("abc", "720p", "p", 12) == "abc/outputs/720p/segments/p/seg_00012.ts"
+    assert keys.manifest("abc") == "abc/manifests/source.json"
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.0.0.5", "172.16.3.4", "192.168.1.1", "169.254.169.254",
+                                "::1", "fe80::1", "fd00::1", "0.0.0.0", "224.0.0.1", "::ffff:127.0.0.1",
+                                "100.64.0.1"])
+def test_private_and_metadata_addresses_are_refused(ip):
+    assert not address_allowed(ip)
+
+
+def test_public_addresses_pass_and_loopback_only_when_configured():
+    assert address_allowed("93.184.216.34") and address_allowed("2606:2800:220:1::1")
+    assert address_allowed("127.0.0.1", allow_private=True)
+    assert not address_allowed("169.254.169.254", allow_private=True)
+
+
+def test_maxrate_scales_with_pixels():
+    plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    caps = [encode.maxrate_kbps(r, plan) for r in plan.rungs]
+    assert caps == sorted(caps, reverse=True) and caps[0] == 6000
