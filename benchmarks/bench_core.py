@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a plain script, from any directory
 
 from transcoder.encode import video_filters, x264_args  # noqa: E402
+from transcoder.ffmpeg import FFMPEG, FFPROBE  # noqa: E402  (the binaries the engine runs)
 from transcoder.models import EncoderSettings, Plan, Rung  # noqa: E402
 from transcoder.samples import make_sample  # noqa: E402
 from transcoder.settings import get_settings  # noqa: E402
@@ -116,7 +117,7 @@ def unique_copy(source: Path, out: Path) -> Path:
     for old in out.glob("unique-*.mp4"):
         old.unlink()
     copy = out / f"unique-{uuid.uuid4().hex[:12]}.mp4"
-    subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
+    subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
                     "-map", "0", "-c", "copy", "-metadata", f"comment={copy.stem}", str(copy)], check=True)
     return copy
 
@@ -157,7 +158,7 @@ def engine_plan(result: dict) -> Plan:
 def reference_argv(source: Path, plan: Plan, out_dir: Path) -> tuple[list[str], dict[str, Path]]:
     """One ffmpeg, one decode, the engine's filter graph and x264 args, one MP4 per rung."""
     outputs = {r.name: out_dir / f"{r.name}.mp4" for r in plan.rungs}
-    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
+    argv = [FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
             "-filter_complex", video_filters(plan, list(plan.rungs))]
     for i, rung in enumerate(plan.rungs):
         argv += ["-map", f"[o{i}]", "-map", "0:a:0", *x264_args(rung, plan),
@@ -170,7 +171,7 @@ def reference_argv(source: Path, plan: Plan, out_dir: Path) -> tuple[list[str], 
 
 
 def frame_count(path: Path) -> int:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
+    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets",
                           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)],
                          check=True, capture_output=True, text=True).stdout
     return int(out.strip())
@@ -182,7 +183,7 @@ def quality(output: Path, source: Path, rung: Rung) -> dict:
              f"format=yuv420p,split[r0][r1];"
              f"[0:v]setpts=PTS-STARTPTS,format=yuv420p[d];"
              f"[d][r0]psnr[p];[p][r1]ssim")  # psnr passes its first input through to ssim
-    err = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-i", str(output), "-i", str(source),
+    err = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(output), "-i", str(source),
                           "-filter_complex", graph, "-an", "-f", "null", "-"],
                          check=True, capture_output=True, text=True).stderr
     psnr = re.search(r"PSNR .*average:([\d.]+|inf)", err)

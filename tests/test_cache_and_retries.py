@@ -1,0 +1,90 @@
+"""Caching across runs, a killed chunk retried alone, an interrupted run resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+CHUNKING = {"chunk_seconds": 2.0, "segment_seconds": 1.0}
+
+
+class FFmpegKiller(threading.Thread):
+    """Kills (SIGKILL) real ffmpeg processes working on one chunk, `times` times."""
+
+    def __init__(self, chunk: str, times: int):
+        super().__init__(daemon=True)
+        self.needle, self.times, self.killed = f"chunk_{chunk}/".encode(), times, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.killed < self.times:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"ffmpeg\0") and self.needle in cmd:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                        self.killed += 1
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.01)
+
+
+def task_runs(flow_run_id) -> dict[str, int]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.run_count for r in runs}
+
+
+def test_rerun_is_all_cache_hits_and_identical(engine, media):
+    from flows.transcode import transcode_video
+
+    src = str(media("standard", seconds=6))
+    first = transcode_video(src, renditions="240p,144p", **CHUNKING)
+    assert first.transcoded == first.chunks * 2 and first.cached == 0
+    second = transcode_video(src, renditions="240p,144p", **CHUNKING)
+    assert second.transcoded == 0 and second.cached == first.chunks * 2
+    assert [r.sha256 for r in second.renditions] == [r.sha256 for r in first.renditions]
+    # a new rung reuses the decode of nothing cached: only its own tasks run
+    third = transcode_video(src, renditions="240p,144p,180p", **CHUNKING)
+    assert third.transcoded == third.chunks and third.cached == third.chunks * 2
+
+
+def test_killed_chunk_is_retried_alone(engine, media):
+    from flows.transcode import transcode_video
+
+    killer = FFmpegKiller("00001", times=1)
+    killer.start()
+    state = transcode_video(str(media("standard", seconds=6)), renditions="240p", return_state=True, **CHUNKING)
+    killer.stop.set()
+    assert killer.killed == 1
+    assert state.is_completed(), state
+    runs = task_runs(state.state_details.flow_run_id)
+    transcodes = {name: count for name, count in runs.items() if name.startswith("transcode-")}
+    assert transcodes["transcode-240p-00001"] == 2
+    assert all(count == 1 for name, count in transcodes.items() if name != "transcode-240p-00001")
+
+
+def test_interrupted_run_resumes_with_only_the_missing_chunk(engine, media):
+    from flows.transcode import transcode_video
+
+    src = str(media("standard", seconds=6))
+    # every attempt dies: both rungs' tasks, 1 + 2 retries each (either sibling encodes both)
+    killer = FFmpegKiller("00002", times=1000)
+    killer.start()
+    state = transcode_video(src, renditions="240p,144p", return_state=True, **CHUNKING)
+    killer.stop.set()
+    assert state.is_failed()
+    assert "killed by signal SIGKILL" in str(state.message) or "SIGKILL" in repr(state.result(raise_on_failure=False))
+    assert not engine.keys("encoded/"), "nothing may look finished after a failed run"
+    resumed = transcode_video(src, renditions="240p,144p", **CHUNKING)
+    assert resumed.transcoded == 2  # chunk 2, both rungs; everything else came from the cache
+    assert resumed.cached == resumed.chunks * 2 - 2
