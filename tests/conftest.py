@@ -102,3 +102,20 @@ def media(tmp_path_factory):
         return make_sample(kind, root / f"{kind}{'_' + suffix if suffix else ''}.{EXT.get(kind, 'mp4')}", **kwargs)
 
     return make
+
+
+@pytest.fixture
+def cli_env(engine):
+    """Environment for running the CLI as a subprocess against the test servers."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update({
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TRANSCODE_DATA_DIR": str(engine.settings.data_dir),
+        "TRANSCODE_BUCKET": engine.bucket,
+        "TRANSCODE_STORAGE_BLOCK": engine.bucket,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    })
+    return env
