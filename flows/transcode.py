@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.assemble import assemble_rendition, export_rendition
 from tasks.audio import encode_audio
-from tasks.ingest import ingest_source
+from tasks.ingest import ingest_source, store_source_object
 from tasks.plan import plan_transcode
 from tasks.probe import probe_source
 from tasks.report import cleanup, publish_report
@@ -48,7 +48,7 @@ def transcode_video(
     preset: str | None = None,
     crf: int | None = None,
     chunk_seconds: float | None = None,
-    segment_seconds: float | None = None,
+    gop_seconds: float | None = None,
 ) -> TranscodeResult:
     """Transcode SOURCE (a path, s3://bucket/key or http(s) URL) into an H.264/AAC ladder."""
     started = time.monotonic()
@@ -65,8 +65,11 @@ def transcode_video(
     rungs = parse_rungs(renditions)
 
     src = ingest_source(source)
+    # The upload of the original overlaps with the work on the local copy. (A worker on
+    # another machine would read it from storage: a fan-out waits for it first.)
+    stored = store_source_object.submit(src)
     probe = probe_source(src)
-    plan = plan_transcode(src, probe, rungs, encoder, segment_seconds or settings.segment_seconds,
+    plan = plan_transcode(src, probe, rungs, encoder, gop_seconds or settings.gop_seconds,
                           chunk_seconds or settings.chunk_seconds)
     logger.info("plan: %d frames at %s fps, %d chunks, rungs %s%s", plan.total_frames, plan.fps, len(plan.chunks),
                 ", ".join(f"{r.name} ({r.width}x{r.height})" for r in plan.rungs),
@@ -79,7 +82,9 @@ def transcode_video(
     transcode = transcode_chunk.with_options(result_storage=results, retries=settings.transcode_retries)
     # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
     # its chunk; the later rungs' tasks then find their segments already stored.
-    futures = [transcode.submit(plan, src, chunk, rung) for rung in plan.rungs for chunk in plan.chunks]
+    # Longest chunks first, so no long chunk is left running alone at the end.
+    order = sorted(plan.chunks, key=lambda c: (-c.out_frames, c.index))
+    futures = [transcode.submit(plan, src, chunk, rung) for rung in plan.rungs for chunk in order]
 
     segments: dict[str, list[Segment]] = defaultdict(list)
     failures: list[BaseException] = []
@@ -103,6 +108,7 @@ def transcode_video(
         logger.error("%d of %d chunk x rung tasks failed; a rerun redoes only those", len(failures), total)
         raise failures[0]
 
+    stored.result()
     audio = audio_future.result() if audio_future else None
     assemble = assemble_rendition.with_options(result_storage=results)
     assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]

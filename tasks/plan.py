@@ -20,14 +20,14 @@ def plan_transcode(
     probe: Probe,
     rungs: tuple[int, ...] | None,
     encoder: EncoderSettings,
-    segment_seconds: float,
+    gop_seconds: float,
     chunk_seconds: float,
 ) -> Plan:
     """Chunk boundaries from the packet index, the ladder; written to the manifest."""
     settings = get_settings()
     storage = Storage()
     index = frame_index(ensure_local(source, storage, settings), settings)
-    plan = make_plan(source.video_id, source.sha256, probe, index, rungs, encoder, segment_seconds, chunk_seconds)
+    plan = make_plan(source.video_id, source.sha256, probe, index, rungs, encoder, gop_seconds, chunk_seconds)
     storage.put_json(keys.manifest(source.video_id), {
         "source": source.model_dump(),
         "probe": probe.model_dump(),

@@ -87,7 +87,7 @@ def test_cli_json_output_and_output_dir(engine, media, tmp_path, cli_env):
     out = tmp_path / "out"
     src = media("standard", seconds=6)
     proc = subprocess.run([sys.executable, "-m", "transcoder.cli", "run", str(src), "--renditions", "240p,144p",
-                           "--output-dir", str(out), "--json", "--chunk-seconds", "2", "--segment-seconds", "1"],
+                           "--output-dir", str(out), "--json", "--chunk-seconds", "2", "--gop-seconds", "1"],
                           capture_output=True, text=True, env=cli_env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-CHUNKING = {"chunk_seconds": 2.0, "segment_seconds": 1.0}
+CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
 
 
 class FFmpegKiller(threading.Thread):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.checks import decoded_frames, moov_before_mdat, per_frame_psnr, streams
 
-CHUNKING = {"chunk_seconds": 2.0, "segment_seconds": 1.0}
+CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
 
 
 def run_flow(source, **kwargs):

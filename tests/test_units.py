@@ -70,7 +70,7 @@ def index(n, step=512, tb=Fraction(1, 12800), keyframes=None) -> FrameIndex:
 
 def test_plan_chunks_are_whole_segments_and_cover_every_frame():
     enc = EncoderSettings()
-    plan = make_plan("vid", "sha", probe_of(video()), index(1500), None, enc, segment_seconds=4, chunk_seconds=8)
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500), None, enc, gop_seconds=4, chunk_seconds=8)
     assert plan.gop_frames == 100
     starts = [c.start_frame for c in plan.chunks]
     assert all(s % 100 == 0 for s in starts)
@@ -78,6 +78,8 @@ def test_plan_chunks_are_whole_segments_and_cover_every_frame():
     assert sum(c.out_frames for c in plan.chunks) == 1500 == plan.total_frames
     assert all(a.end_frame == b.start_frame for a, b in zip(plan.chunks, plan.chunks[1:]))
     assert plan.chunks[-1].end_frame == 1500
+    sizes = [c.out_frames for c in plan.chunks]
+    assert max(sizes) - min(sizes) <= 100  # balanced: no long tail chunk
     # the seek point lies between the chunk's first frame and the frame before it
     c = plan.chunks[1]
     assert (c.start_frame - 1) / 25 < c.seek < c.start_frame / 25
@@ -85,8 +87,8 @@ def test_plan_chunks_are_whole_segments_and_cover_every_frame():
 
 def test_plan_prefers_keyframes_within_reach():
     plan = make_plan("vid", "sha", probe_of(video()), index(1500, keyframes=[0, 300, 700]), None,
-                     EncoderSettings(), segment_seconds=4, chunk_seconds=8)
-    assert [c.start_frame for c in plan.chunks][:3] == [0, 300, 500]
+                     EncoderSettings(), gop_seconds=4, chunk_seconds=8)
+    assert [c.start_frame for c in plan.chunks][:4] == [0, 300, 400, 700]
 
 
 def test_chunk_hashes_change_with_the_source():

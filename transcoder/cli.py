@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--preset", help="x264 preset (default: %(default)s from settings)")
     run.add_argument("--crf", type=int, help="x264 CRF (default 23)")
     run.add_argument("--chunk-seconds", type=float, help="target chunk length (default 8)")
-    run.add_argument("--segment-seconds", type=float, help="keyframe interval / segment length (default 4)")
+    run.add_argument("--gop-seconds", type=float, help="keyframe interval, the same in every rung (default 2)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs and tracebacks")
     sub.add_parser("up", help="start the local stack (Prefect server + SeaweedFS S3) and leave it running")
     sub.add_parser("down", help="stop the local stack")
@@ -97,7 +97,7 @@ def _demo(verbose: bool) -> int:
     make_sample("standard", sample, seconds=20, width=1920, height=1080, fps="25")
     out = settings.data_dir / "demo-output"
     return _run(argparse.Namespace(source=str(sample), renditions=None, output_dir=str(out), json=False,
-                                   preset=None, crf=None, chunk_seconds=None, segment_seconds=None,
+                                   preset=None, crf=None, chunk_seconds=None, gop_seconds=None,
                                    verbose=verbose))
 
 
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
             preset=args.preset,
             crf=args.crf,
             chunk_seconds=args.chunk_seconds,
-            segment_seconds=args.segment_seconds,
+            gop_seconds=args.gop_seconds,
         )
     except BadInputError as exc:
         progress.finish()

@@ -40,7 +40,11 @@ def local_source_path(settings: Settings, video_id: str, ext: str) -> Path:
 
 
 def ingest(origin: str, storage: Storage, settings: Settings) -> tuple[SourceObject, Path]:
-    """Store the source under its content address; return it and a local copy."""
+    """Fetch and hash the source; return its content address and a local copy.
+
+    `store_source` then uploads it; the two are apart so that the upload of a large
+    source overlaps with probing and transcoding from the local copy.
+    """
     staging = Path(tempfile.mkdtemp(prefix="ingest-", dir=_ensure(settings.work_dir)))
     try:
         path, name = _fetch(origin, staging, storage, settings)
@@ -57,12 +61,16 @@ def ingest(origin: str, storage: Storage, settings: Settings) -> tuple[SourceObj
         if not (local.exists() and local.stat().st_size == size):
             local.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(path, local)
-        found = storage.head(key)
-        if not (found and found["size"] == size and found["metadata"].get("sha256") == sha):
-            storage.upload(local, key, metadata={"sha256": sha})
         return SourceObject(video_id=video_id, key=key, sha256=sha, size=size, ext=ext, origin=origin), local
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def store_source(source: SourceObject, local: Path, storage: Storage) -> None:
+    """Upload the original to `{video_id}/source/` unless that exact object is there."""
+    found = storage.head(source.key)
+    if not (found and found["size"] == source.size and found["metadata"].get("sha256") == source.sha256):
+        storage.upload(local, source.key, metadata={"sha256": source.sha256})
 
 
 def ensure_local(source: SourceObject, storage: Storage, settings: Settings) -> Path:

@@ -22,19 +22,15 @@ def make_plan(
     index: FrameIndex,
     requested_rungs: tuple[int, ...] | None,
     encoder: EncoderSettings,
-    segment_seconds: float,
+    gop_seconds: float,
     chunk_seconds: float,
 ) -> Plan:
     rate, vfr = frame_rate(index, probe.video.fps)
-    gop = max(1, round(segment_seconds * rate))
+    gop = max(1, round(gop_seconds * rate))
     n = len(index.pts)
-    if vfr:
-        step = 1
-        target = max(1, round(chunk_seconds * rate))
-    else:
-        step = gop
-        target = max(1, round(chunk_seconds / segment_seconds)) * gop
-    bounds = _boundaries(n, step, target, index.keyframes)
+    # VFR output frames are not source frames, so its joints need not sit on GOP multiples
+    step = 1 if vfr else gop
+    bounds = _boundaries(n, step, max(1, round(chunk_seconds * rate)), index.keyframes)
     rungs, skipped = build_ladder(probe.video, requested_rungs)
 
     t0 = index.seconds(0)
@@ -79,20 +75,22 @@ def make_plan(
 
 
 def _boundaries(n: int, step: int, target: int, keyframes: set[int]) -> list[int]:
-    """Frame numbers where chunks start, plus n. Each is a multiple of `step`."""
+    """Frame numbers where chunks start, plus n; every one a multiple of `step`.
+
+    The video is cut into as many chunks as `target` suggests, all of nearly the same
+    length (a short last chunk would leave workers idle at the end); each boundary then
+    moves to a source keyframe within one step of it when there is one, so the seek
+    decodes nothing it throws away.
+    """
+    units = -(-n // step)  # GOPs, the last one maybe short
+    count = max(1, round(n / target))
     bounds = [0]
-    while True:
-        start = bounds[-1]
-        if n - start < target * 3 // 2 + step:  # what is left is one chunk, not a chunk and a sliver
-            break
-        lo, hi = start + max(step, target // 2), start + target * 3 // 2
-        candidates = range(lo - lo % step + (step if lo % step else 0), min(hi, n - step) + 1, step)
-        keyed = [b for b in candidates if b in keyframes]
-        ideal = start + target
-        best = min(keyed, key=lambda b: (abs(b - ideal), b)) if keyed else ideal
-        bounds.append(best)
+    for i in range(1, count):
+        ideal = round(units * i / count) * step
+        near = [b for b in (ideal, ideal - step, ideal + step) if b in keyframes and bounds[-1] < b < n]
+        bounds.append(near[0] if near else ideal)
     bounds.append(n)
-    return bounds
+    return sorted(set(b for b in bounds if 0 <= b <= n))
 
 
 def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float) -> float | None:

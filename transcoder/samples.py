@@ -26,13 +26,13 @@ def scenes(width: int, height: int, fps: str, seconds: float) -> str:
 
 
 def recipe(kind: str, out: Path, seconds: float = 4.0, width: int = 320, height: int = 240,
-           fps: str = "25") -> list[str]:
-    """argv for one kind of sample."""
+           fps: str = "25", gop: int | None = None) -> list[str]:
+    """argv for one kind of sample; `gop` fixes the keyframe interval (default: x264's)."""
     d = f"{seconds:.3f}"
     base = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y"]
     graph = scenes(width, height, fps, seconds)
     with_audio = ["-f", "lavfi", "-i", AUDIO.format(d=d)]
-    x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "20"]
+    x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "20"] + (["-g", str(gop)] if gop else [])
     aac = ["-c:a", "aac", "-b:a", "96k"]
     if kind == "standard":  # scene cuts, audio, x264 default GOP (keyframes at cuts)
         return base + ["-filter_complex", graph, *with_audio, "-map", "[v]", "-map", "0:a",

@@ -27,10 +27,12 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
 
-    # Chunking. Segments are the HLS/keyframe unit; chunks are a whole number of
-    # segments so every chunk joint is a keyframe shared by all rungs.
-    segment_seconds: float = Field(4.0, gt=0.5, le=30)
-    chunk_seconds: float = Field(8.0, gt=0.5, le=600)
+    # Chunking. Every rung has a keyframe every `gop_seconds` (the same frames in all
+    # rungs); chunks are a whole number of GOPs, so every chunk joint is such a keyframe,
+    # and HLS segments (`segment_seconds`, a multiple of the GOP) can cut anywhere on it.
+    gop_seconds: float = Field(2.0, gt=0.1, le=30)
+    segment_seconds: float = Field(4.0, gt=0.1, le=60)
+    chunk_seconds: float = Field(8.0, gt=0.1, le=600)
     max_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).

@@ -124,9 +124,11 @@ def save_blocks(endpoint: str, access_key: str, secret_key: str, settings: Setti
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
+    from .storage import CLIENT_CONFIG
+
     creds = AwsCredentials(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                            region_name=settings.s3_region,
-                           aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
+                           aws_client_parameters=AwsClientParameters(endpoint_url=endpoint, config=CLIENT_CONFIG))
     creds.save(CREDENTIALS_BLOCK if settings.storage_block == "transcode-storage"
                else f"{settings.storage_block}-credentials", overwrite=True)
     S3Bucket(bucket_name=settings.bucket, credentials=creds).save(settings.storage_block, overwrite=True)

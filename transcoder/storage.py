@@ -19,6 +19,10 @@ from typing import Any
 from .errors import RetryableError
 from .settings import Settings, get_settings
 
+# Checksums only where the API requires them: segments carry their own sha256, and a
+# CRC32 over every byte of every transfer costs CPU the encoders could use.
+CLIENT_CONFIG = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+
 _lock = threading.Lock()
 _cache: dict[tuple, Any] = {}
 
@@ -35,7 +39,7 @@ def make_bucket_block(settings: Settings):
         aws_access_key_id=key,
         aws_secret_access_key=secret,
         region_name=settings.s3_region,
-        aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint),
+        aws_client_parameters=AwsClientParameters(endpoint_url=settings.s3_endpoint, config=CLIENT_CONFIG),
     )
     return S3Bucket(bucket_name=settings.bucket, credentials=creds)
 

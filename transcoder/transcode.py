@@ -11,7 +11,7 @@ from .ingest import sha256_file
 from .models import Chunk, Plan, Rung, Segment
 from .settings import Settings
 from .storage import Storage
-from .verify import count_packets
+from .verify import decoded_frames
 
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
@@ -43,10 +43,10 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
         ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r in rungs)})")
         segments = []
         for rung, path in outputs:
-            frames = count_packets(path)
+            frames = decoded_frames(path, timeout)
             if frames != chunk.out_frames:
                 raise VerificationError(
-                    f"chunk {chunk.name} {rung.name}: encoder wrote {frames} frames, the plan has {chunk.out_frames}"
+                    f"chunk {chunk.name} {rung.name}: {frames} frames decoded, the plan has {chunk.out_frames}"
                 )
             sha = sha256_file(path)
             key = segment_key(plan, rung, chunk)
