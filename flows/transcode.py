@@ -65,9 +65,6 @@ def transcode_video(
     rungs = parse_rungs(renditions)
 
     src = ingest_source(source)
-    # The upload of the original overlaps with the work on the local copy. (A worker on
-    # another machine would read it from storage: a fan-out waits for it first.)
-    stored = store_source_object.submit(src)
     probe = probe_source(src)
     plan = plan_transcode(src, probe, rungs, encoder, gop_seconds or settings.gop_seconds,
                           chunk_seconds or settings.chunk_seconds)
@@ -77,14 +74,18 @@ def transcode_video(
 
     total = len(plan.chunks) * len(plan.rungs)
     progress_id = create_progress_artifact(0.0, description=f"transcode of {src.video_id}: chunk x rung tasks done")
-    audio_future = (encode_audio.with_options(result_storage=results).submit(plan, src, probe)
-                    if plan.has_audio else None)
     transcode = transcode_chunk.with_options(result_storage=results, retries=settings.transcode_retries)
     # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
     # its chunk; the later rungs' tasks then find their segments already stored.
-    # Longest chunks first, so no long chunk is left running alone at the end.
+    # Longest chunks first, so no long chunk is left running alone at the end; the
+    # short jobs (audio, the upload of the original) fill the tail.
     order = sorted(plan.chunks, key=lambda c: (-c.out_frames, c.index))
-    futures = [transcode.submit(plan, src, chunk, rung) for rung in plan.rungs for chunk in order]
+    first, *others = plan.rungs
+    futures = [transcode.submit(plan, src, chunk, first) for chunk in order]
+    audio_future = (encode_audio.with_options(result_storage=results).submit(plan, src, probe)
+                    if plan.has_audio else None)
+    stored = store_source_object.submit(src)
+    futures += [transcode.submit(plan, src, chunk, rung) for rung in others for chunk in order]
 
     segments: dict[str, list[Segment]] = defaultdict(list)
     failures: list[BaseException] = []
@@ -108,6 +109,8 @@ def transcode_video(
         logger.error("%d of %d chunk x rung tasks failed; a rerun redoes only those", len(failures), total)
         raise failures[0]
 
+    # The upload of the original overlaps with the transcode, which reads the local copy.
+    # (A worker on another machine would read it from storage: a fan-out waits for it first.)
     stored.result()
     audio = audio_future.result() if audio_future else None
     assemble = assemble_rendition.with_options(result_storage=results)

@@ -77,13 +77,18 @@ def make_plan(
 def _boundaries(n: int, step: int, target: int, keyframes: set[int]) -> list[int]:
     """Frame numbers where chunks start, plus n; every one a multiple of `step`.
 
-    The video is cut into as many chunks as `target` suggests, all of nearly the same
+    The video is cut into about as many chunks as `target` suggests, all of nearly the same
     length (a short last chunk would leave workers idle at the end); each boundary then
     moves to a source keyframe within one step of it when there is one, so the seek
     decodes nothing it throws away.
     """
     units = -(-n // step)  # GOPs, the last one maybe short
     count = max(1, round(n / target))
+    # An even count splits evenly over two workers (or any even number); an odd one
+    # leaves one worker alone with the last chunk. It must not depend on this machine's
+    # worker count: the plan decides the cache keys, which other machines share.
+    count += count % 2 if count > 1 else 0
+    count = min(count, units)
     bounds = [0]
     for i in range(1, count):
         ideal = round(units * i / count) * step
