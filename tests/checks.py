@@ -10,7 +10,7 @@ from pathlib import Path
 
 def streams(path: Path) -> dict:
     out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-                          "stream=codec_type,codec_name,width,height,pix_fmt,field_order,nb_read_frames,duration,"
+                          "stream=codec_type,codec_name,width,height,pix_fmt,field_order,nb_read_frames,duration,start_time,"
                           "sample_rate,channels:stream_side_data=rotation:format=duration", "-of", "json", str(path)],
                          capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
@@ -46,3 +46,15 @@ def per_frame_psnr(output: Path, source: Path, width: int, height: int, extra_fi
         if m:
             values.append(float("inf") if m.group(1) == "inf" else float(m.group(1)))
     return values
+
+
+def keyframe_times(path: Path) -> list[float]:
+    """Presentation times of the video's keyframes, from packets (no decoding)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    times = []
+    for line in out.splitlines():
+        pts, _, flags = line.partition(",")
+        if "K" in flags and pts not in ("", "N/A"):
+            times.append(round(float(pts), 3))
+    return sorted(times)

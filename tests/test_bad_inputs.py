@@ -41,6 +41,10 @@ def make_bad(kind: str, tmp: Path, media) -> Path:
         target = media("no_audio", seconds=6)
         p = tmp / "evil.mp4"  # the name does not matter: the content is sniffed
         p.write_text(f"ffconcat version 1.0\nfile '{target}'\nfile '/etc/passwd'\n")
+    elif kind == "tiny_picture":
+        p = tmp / "tiny.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=8x8:rate=25:duration=1",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(p)], check=True)
     else:
         raise ValueError(kind)
     return p
@@ -53,6 +57,7 @@ CASES = {
     "truncated_faststart": "damaged or truncated",
     "hls_playlist_to_local_file": "not a readable video",
     "concat_list_to_local_file": "not a readable video",
+    "tiny_picture": "smaller than 16 pixels",
 }
 
 

@@ -9,7 +9,12 @@ import time
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
 
@@ -53,6 +58,12 @@ def test_rerun_is_all_cache_hits_and_identical(engine, media):
     second = transcode_video(src, renditions="240p,144p", **CHUNKING)
     assert second.transcoded == 0 and second.cached == first.chunks * 2
     assert [r.sha256 for r in second.renditions] == [r.sha256 for r in first.renditions]
+    # the run's report: a table artifact in the UI and report.json in storage
+    with get_client(sync_client=True) as client:
+        table = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[f"renditions-{first.video_id}"])))
+    assert table and table[0].type == "table"
+    assert first.report_key in engine.keys(first.video_id)
     # a new rung reuses the decode of nothing cached: only its own tasks run
     third = transcode_video(src, renditions="240p,144p,180p", **CHUNKING)
     assert third.transcoded == third.chunks and third.cached == third.chunks * 2

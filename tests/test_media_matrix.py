@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import pytest
 
-from tests.checks import decoded_frames, moov_before_mdat, per_frame_psnr, streams
+from tests.checks import decoded_frames, keyframe_times, moov_before_mdat, per_frame_psnr, streams
 
 CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
 
@@ -38,6 +38,7 @@ def check_outputs(result, engine, tmp_path, source_frames=None, audio=True):
             a = info["audio"]
             frame = 1 / float(Fraction(result.fps))
             assert abs(float(a["duration"]) - float(v["duration"])) <= frame, (a["duration"], v["duration"])
+            assert abs(float(a["start_time"]) - float(v["start_time"])) <= frame, (a["start_time"], v["start_time"])
             assert a["codec_name"] == "aac"
         else:
             assert "audio" not in info
@@ -60,6 +61,9 @@ def test_scene_cuts_frame_exact_with_audio_in_sync(engine, media, tmp_path):
     assert result.source_key in keys and result.manifest_key in keys and result.report_key in keys
     assert {f"encoded/{result.video_id}_240p.mp4", f"encoded/{result.video_id}_144p.mp4"} <= keys
     assert not engine.keys(f"{result.video_id}/chunks/")
+    # every rung has its keyframes on the same frames: one every GOP (1 s here), joints included
+    keys_240, keys_144 = keyframe_times(paths["240p"]), keyframe_times(paths["144p"])
+    assert keys_240 == keys_144 and keys_240[:3] == [0.0, 1.0, 2.0]
 
 
 def test_open_gop_source_loses_no_frame(engine, media, tmp_path):

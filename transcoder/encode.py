@@ -43,10 +43,15 @@ def video_filters(plan: Plan, rungs: list[Rung]) -> str:
     return ";".join([f"[0:v:0]{head}"] + branches)
 
 
-def x264_args(rung: Rung, plan: Plan) -> list[str]:
+def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None) -> list[str]:
     enc: EncoderSettings = plan.encoder
     cap = maxrate_kbps(rung, plan)
-    return [
+    # A chunk after the first joins a stream whose VBV buffer level it cannot know.
+    # x264 assumes 90% full by default, which lets every joint overspend: a burst above
+    # the cap (and +6% size on a cap-bound rung, measured). Half full is the middle of
+    # what the previous chunk can leave.
+    vbv_init = ["-x264-params", "vbv-init=0.5"] if chunk is not None and chunk.index > 0 else []
+    return vbv_init + [
         "-c:v", enc.codec,
         "-preset", enc.preset,
         "-crf", str(enc.crf),
@@ -72,7 +77,7 @@ def chunk_argv(
             "-filter_complex", video_filters(plan, rungs)]
     for i, (rung, path) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
-                 *x264_args(rung, plan), "-an", "-sn", "-dn", "-map_metadata", "-1",
+                 *x264_args(rung, plan, chunk), "-an", "-sn", "-dn", "-map_metadata", "-1",
                  "-f", "mpegts", ffmpeg.file_url(path)]
     return argv
 
