@@ -7,7 +7,6 @@ cores (`TRANSCODE_MAX_WORKERS`); ffmpeg does the work, so threads suffice.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 
@@ -142,5 +141,4 @@ def transcode_video(
     )
     publish_report(result, src, probe, plan)
     cleanup(src.video_id)
-    logging.getLogger("transcoder").debug("done: %s", result.video_id)
     return result

@@ -22,7 +22,9 @@ if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]
 fi
 echo "setup: creating .venv and installing the project (pip)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# (this machine's pip configuration may warn about missing local indexes: not ours, hidden)
+quiet() { "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+quiet .venv/bin/python -m pip install -q --upgrade pip
+quiet .venv/bin/python -m pip install -q -e '.[test]'
 echo "$want" > "$stamp"
 echo "setup: done"

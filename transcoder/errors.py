@@ -8,6 +8,8 @@ prints a `BadInputError` as one line without a traceback.
 
 from __future__ import annotations
 
+import shlex
+
 
 class TranscodeError(Exception):
     """Base of every error this project raises on purpose."""
@@ -31,7 +33,7 @@ class FFmpegError(RetryableError):
     def __init__(self, message: str, argv: list[str] | None = None, stderr: str = ""):
         self.argv = argv or []
         self.stderr = stderr
-        detail = f"\ncommand: {_join(self.argv)}" if self.argv else ""
+        detail = f"\ncommand: {shlex.join(self.argv)}" if self.argv else ""
         tail = f"\nstderr (last lines):\n{stderr[-2000:]}" if stderr else ""
         super().__init__(f"{message}{detail}{tail}")
         self.summary = message
@@ -39,12 +41,6 @@ class FFmpegError(RetryableError):
 
 class FFmpegTimeout(FFmpegError):
     """An ffmpeg process ran past its timeout and was killed."""
-
-
-def _join(argv: list[str]) -> str:
-    import shlex
-
-    return shlex.join(argv)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -78,7 +78,7 @@ class EncoderSettings(Frozen):
     crf: int = 23
     profile: str = "high"
     pix_fmt: str = "yuv420p"
-    threads: int = 2  # fixed so that output is deterministic on any machine
+    threads: int = 2  # per x264 instance, fixed: parallelism comes from chunks, not from the core count
     audio_bitrate_kbps: int = 128
 
     def version_fields(self) -> dict:
