@@ -104,7 +104,11 @@ def _demo(verbose: bool) -> int:
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if _needs_local_stack():
-        state = _stack().up()
+        stack = _stack()
+        if stack.state() is None:
+            print("starting the local stack (Prefect server, SeaweedFS S3; state in "
+                  f"{get_settings().data_dir}) ...", file=sys.stderr)
+        state = stack.up()
         ui = state.prefect_url.removesuffix("/api")
     else:
         ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or None
