@@ -37,10 +37,25 @@ class StackState:
     prefect_pid: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken: set[int] | None = None) -> int:
+    """A port free now, below the kernel's ephemeral range (32768 and up on Linux).
+
+    Ephemeral ports are handed to outgoing connections and to listeners on port 0 at any
+    moment, so a server told to listen on one can lose it before it starts.
+    """
+    taken = taken if taken is not None else set()
+    for _ in range(200):
+        port = secrets.randbelow(32000 - 20000) + 20000
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError("no free port found between 20000 and 32000")
 
 
 def weed_binary() -> str:
@@ -53,20 +68,33 @@ def weed_binary() -> str:
 
 def start_seaweed(data_dir: Path, access_key: str, secret_key: str, log_path: Path, bucket: str | None = None,
                   s3_port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `weed mini` on loopback with auth on; return the process and its S3 endpoint."""
+    """Start `weed mini` on loopback with auth on; return the process and its S3 endpoint.
+
+    A start that loses a port race is tried again on other ports.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    s3_port = s3_port or free_port()
-    argv = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={s3_port}"]
-    # every listener on its own free port, so several stacks (tests, a user's) coexist
-    argv += [f"-{flag}={free_port()}" for flag in WEED_PORT_FLAGS]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True, cwd=data_dir)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    _wait_s3(endpoint, access_key, secret_key, proc, log_path, bucket)
-    return proc, endpoint
+    for attempt in range(3):
+        taken: set[int] = set()
+        port = s3_port or free_port(taken)
+        argv = [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={port}"]
+        # every listener on its own free port, so several stacks (tests, a user's) coexist
+        argv += [f"-{flag}={free_port(taken)}" for flag in WEED_PORT_FLAGS]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, cwd=data_dir)
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            _wait_s3(endpoint, access_key, secret_key, proc, log_path, bucket)
+            return proc, endpoint
+        except RuntimeError:
+            exited = proc.poll() is not None  # it quit (a port taken): try other ports
+            _stop(proc.pid)
+            proc.wait()
+            if attempt == 2 or not exited:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _wait_s3(endpoint: str, key: str, secret: str, proc: subprocess.Popen, log_path: Path, bucket: str | None,
@@ -96,10 +124,10 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> tuple[subproc
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 120
     while not prefect_healthy(url):
