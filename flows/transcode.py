@@ -15,8 +15,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.assemble import assemble_rendition, export_rendition
+from tasks.assemble import assemble_rendition, export_package, export_rendition
 from tasks.audio import encode_audio
+from tasks.hls import package_audio, write_master
 from tasks.ingest import ingest_source, store_source_object
 from tasks.plan import plan_transcode
 from tasks.probe import probe_source
@@ -112,6 +113,7 @@ def transcode_video(
     # (A worker on another machine would read it from storage: a fan-out waits for it first.)
     stored.result()
     audio = audio_future.result() if audio_future else None
+    audio_hls = package_audio.with_options(result_storage=results).submit(plan, audio) if audio else None
     assemble = assemble_rendition.with_options(result_storage=results)
     assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]
     renditions_out = []
@@ -121,6 +123,7 @@ def transcode_video(
             rendition = export_rendition(rendition, output_dir)
         renditions_out.append(rendition)
         _progress(logger, "assemble", i + 1, len(assembled))
+    master = write_master(plan, renditions_out, audio_hls.result() if audio_hls else None)
 
     result = TranscodeResult(
         video_id=src.video_id,
@@ -137,8 +140,11 @@ def transcode_video(
         skipped_rungs=plan.skipped_rungs,
         report_key=keys.report(src.video_id),
         manifest_key=keys.manifest(src.video_id),
+        hls_master_key=master,
         wall_seconds=round(time.monotonic() - started, 3),
     )
     publish_report(result, src, probe, plan)
+    if output_dir:
+        export_package(src.video_id, output_dir)
     cleanup(src.video_id)
     return result

@@ -6,11 +6,11 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from transcoder import keys
+from transcoder import hls, keys
 from transcoder.assemble import assemble
 from transcoder.errors import VerificationError
 from transcoder.ingest import sha256_file
-from transcoder.models import AudioTrack, Plan, Rendition, Rung, Segment
+from transcoder.models import AudioTrack, HlsMedia, Plan, Rendition, Rung, Segment
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 from transcoder.verify import verify_rendition
@@ -41,11 +41,27 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
         sha = sha256_file(out)
         key = keys.encoded(plan.video_id, rung.name)
         storage.upload(out, key, metadata={"sha256": sha, "frames": str(checked.frames)}, content_type="video/mp4")
+        media = _package_hls(plan, rung, out, scratch / "hls", storage, settings)
         return Rendition(name=rung.name, key=key, path=None, width=checked.width, height=checked.height,
                          frames=checked.frames, duration=checked.duration, audio_duration=checked.audio_duration,
-                         bitrate=checked.bitrate, size=checked.size, sha256=sha)
+                         bitrate=checked.bitrate, size=checked.size, sha256=sha, hls=media)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _package_hls(plan: Plan, rung: Rung, mp4: Path, out_dir: Path, storage: Storage, settings) -> HlsMedia:
+    """The rung's video as fMP4 HLS (stream copy) under `{video_id}/hls/{rung}/`."""
+    hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, settings.segment_seconds)
+    playlist = hls.package(mp4, out_dir, "v", hls_time, timeout=max(settings.ffmpeg_min_timeout, plan.duration))
+    media = hls.media_playlist(playlist, f"{rung.name}/index.m3u8", hls.avc1_codec(out_dir / "init.mp4"), target)
+    upload_tree(storage, hls.files_of(playlist), plan.video_id, rung.name)
+    return media
+
+
+def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str) -> None:
+    for path in files:
+        storage.upload(path, keys.hls(video_id, f"{folder}/{path.name}"),
+                       content_type=hls.CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
 
 
 @task(name="export", task_run_name="export-{rendition.name}", retries=2, retry_condition_fn=retry_transient,
@@ -57,6 +73,18 @@ def export_rendition(rendition: Rendition, output_dir: str) -> Rendition:
     if not (dest.exists() and dest.stat().st_size == rendition.size and sha256_file(dest) == rendition.sha256):
         Storage().download(rendition.key, dest)
     return rendition.model_copy(update={"path": str(dest)})
+
+
+@task(name="export-package", retries=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def export_package(video_id: str, output_dir: str) -> str:
+    """Copy the HLS package and report.json to a local folder (`DIR/hls/`, `DIR/report.json`)."""
+    storage = Storage()
+    root = Path(output_dir).expanduser().resolve()
+    prefix = keys.hls(video_id)
+    for key in storage.list_keys(prefix):
+        storage.download(key, root / "hls" / key[len(prefix):])
+    storage.download(keys.report(video_id), root / "report.json")
+    return str(root / "hls" / "master.m3u8")
 
 
 def remove_scratch(video_id: str) -> None:

@@ -12,6 +12,7 @@ from transcoder import keys
 from transcoder.errors import is_retryable
 from transcoder.ffmpeg import encoder_version
 from transcoder.models import stable_hash
+from transcoder.settings import get_settings
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -53,6 +54,7 @@ class AssembleCache(CachePolicy):
             "audio": inputs["audio"].sha256 if inputs.get("audio") else None,
             "frames": plan.total_frames,
             "fps": [plan.fps_num, plan.fps_den],
+            "hls_segment_seconds": get_settings().segment_seconds,  # the rung's HLS package is made here too
         }
         return f"{plan.video_id}/cache/assemble-{rung.name}/{plan.profile_hash(rung)}/{stable_hash(parts)[:24]}/{encoder_version()}"
 

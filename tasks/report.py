@@ -35,6 +35,7 @@ def publish_report(result: TranscodeResult, source: SourceObject, probe: Probe, 
         "run": {"transcoded": result.transcoded, "cached": result.cached, "wall_seconds": result.wall_seconds,
                 "speed_x_realtime": round(result.duration / result.wall_seconds, 3) if result.wall_seconds else None},
         "renditions": [r.model_dump() for r in result.renditions],
+        "hls_master": result.hls_master_key,
     }
     key = keys.report(result.video_id)
     storage.put_json(key, report)
@@ -54,6 +55,7 @@ def publish_report(result: TranscodeResult, source: SourceObject, probe: Probe, 
             f"- encoder: {result.encoder.codec} preset {result.encoder.preset} CRF {result.encoder.crf}, "
             f"GOP {result.encoder.gop_frames} frames",
             f"- report: `s3://{storage.name}/{key}`",
+            f"- HLS: `s3://{storage.name}/{result.hls_master_key}`",
         ] + ([f"- skipped (would upscale): {', '.join(plan.skipped_rungs)}"] if plan.skipped_rungs else [])),
         key=_artifact_key(result.video_id, "summary"),
         description="Transcode summary",

@@ -173,6 +173,8 @@ def _print_table(result, ui: str | None) -> None:
         print(f"{r.name:>6}  {r.width:>4}x{r.height:<5}  {r.frames:>7}  {r.bitrate // 1000:>6}  "
               f"{r.size / 1e6:>7.2f}  {where}")
     print(f"report: s3://{bucket}/{result.report_key}")
+    if result.hls_master_key:
+        print(f"HLS:    s3://{bucket}/{result.hls_master_key}")
     if ui:
         print(f"Prefect UI: {ui}  (flow runs, artifacts: renditions-{result.video_id})")
 

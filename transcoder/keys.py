@@ -6,6 +6,7 @@
 {video_id}/outputs/{rung}/segments/{profile}/seg_00000.ts
 {video_id}/outputs/audio/{profile}/audio.m4a
 {video_id}/cache/...                                   (Prefect result records)
+{video_id}/hls/master.m3u8, {rung}/index.m3u8, {rung}/init.mp4, {rung}/seg_00000.m4s, audio/...
 {video_id}/report.json
 encoded/{video_id}_{rung}.mp4
 """
@@ -48,3 +49,8 @@ def report(video_id: str) -> str:
 
 def encoded(video_id: str, rung: str) -> str:
     return f"encoded/{video_id}_{rung}.mp4"
+
+
+def hls(video_id: str, relative: str = "") -> str:
+    """`{video_id}/hls/` and the files under it (relative to the master playlist)."""
+    return f"{video_id}/hls/{relative}"

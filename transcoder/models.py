@@ -163,6 +163,17 @@ class AudioTrack(Frozen):
     duration: float
 
 
+class HlsMedia(Frozen):
+    """One packaged HLS stream, as the master playlist needs it."""
+
+    uri: str  # media playlist, relative to the master playlist
+    codecs: str  # RFC 6381, e.g. avc1.64001f or mp4a.40.2
+    peak_bps: int  # RFC 8216 peak segment bit rate
+    average_bps: int
+    segments: int
+    target_duration: float
+
+
 class Rendition(Frozen):
     name: str
     key: str
@@ -175,6 +186,7 @@ class Rendition(Frozen):
     bitrate: int
     size: int
     sha256: str
+    hls: HlsMedia | None = None
 
 
 class EncoderReport(Frozen):
@@ -200,6 +212,7 @@ class TranscodeResult(Frozen):
     skipped_rungs: tuple[str, ...]
     report_key: str
     manifest_key: str
+    hls_master_key: str | None
     wall_seconds: float
 
 
