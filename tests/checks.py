@@ -11,7 +11,7 @@ from pathlib import Path
 def streams(path: Path) -> dict:
     out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
                           "stream=codec_type,codec_name,profile,level,width,height,pix_fmt,field_order,nb_read_frames,duration,start_time,"
-                          "sample_rate,channels:stream_side_data=rotation:format=duration", "-of", "json", str(path)],
+                          "sample_rate,channels:stream_side_data=rotation:format=duration,start_time", "-of", "json", str(path)],
                          capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     by_type = {}

@@ -18,7 +18,7 @@ import pytest
 from transcoder.samples import make_sample
 from transcoder.stack import save_blocks, start_seaweed
 
-EXT = {"audio_only": "m4a", "odd_size": "mkv"}
+EXT = {"audio_only": "m4a", "odd_size": "mkv", "mpegts": "ts"}
 
 
 @dataclass

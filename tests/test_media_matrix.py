@@ -76,6 +76,15 @@ def test_open_gop_source_loses_no_frame(engine, media, tmp_path):
     assert min(psnr) > 28, min(psnr)
 
 
+def test_mpegts_source_with_b_frames_and_a_late_start(engine, media, tmp_path):
+    src = media("mpegts", seconds=6)
+    assert float(streams(src)["format"]["start_time"]) > 1.0
+    result = run_flow(src, renditions="240p")
+    paths = check_outputs(result, engine, tmp_path, source_frames=decoded_frames(src))
+    psnr = per_frame_psnr(paths["240p"], src, 320, 240)
+    assert min(psnr) > 28, min(psnr)
+
+
 def test_variable_frame_rate_becomes_constant(engine, media, tmp_path):
     src = media("vfr", seconds=8)
     info = streams(src)

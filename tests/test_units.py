@@ -85,6 +85,28 @@ def test_plan_chunks_are_whole_segments_and_cover_every_frame():
     assert (c.start_frame - 1) / 25 < c.seek < c.start_frame / 25
 
 
+def test_chunks_are_cut_between_frames_and_seek_onto_their_keyframe():
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500, keyframes=[0, 200, 400]), None,
+                     EncoderSettings(), gop_seconds=4, chunk_seconds=8)
+    first, second, third = plan.chunks[:3]
+    assert first.seek is None and first.start_time is None and first.end_time == second.start_time
+    assert 199 / 25 < second.start_time < 200 / 25 < second.seek < 201 / 25  # lands on keyframe 200
+    assert third.start_frame == 400 and 400 / 25 < third.seek
+    assert plan.chunks[-1].end_time is None
+    # no keyframe at the start: seek before it, the demuxer goes back to the GOP's keyframe
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500), None, EncoderSettings(), 4, 8)
+    c = plan.chunks[1]
+    assert c.seek == c.start_time
+
+
+def test_unindexed_containers_seek_a_gop_early():
+    probe = probe_of(video()).model_copy(update={"format_name": "mpegts"})
+    plan = make_plan("vid", "sha", probe, index(1500, keyframes=[0, 50, 100, 150, 200, 250]), None,
+                     EncoderSettings(), 4, 8)
+    c = plan.chunks[1]
+    assert c.start_time - c.seek >= 2.0  # longest GOP (2 s) + 1 s, as far as the start allows
+
+
 def test_plan_prefers_keyframes_within_reach():
     plan = make_plan("vid", "sha", probe_of(video()), index(1500, keyframes=[0, 300, 700]), None,
                      EncoderSettings(), gop_seconds=4, chunk_seconds=8)
@@ -130,7 +152,8 @@ def test_chunk_argv_decodes_once_and_writes_every_rung(tmp_path):
     assert "split=4" in graph and graph.count("scale=") == 4
     assert argv.count("-frames:v") == 4 and argv[argv.index("-frames:v") + 1] == str(chunk.out_frames)
     assert argv.count("-sc_threshold") == 4 and argv[argv.index("-g") + 1] == "100"
-    assert all(str(p).endswith(".ts") for p in [a for a in argv if a.startswith("file:") and "ts" in a])
+    assert [a for a in argv if a.startswith("file:")][1:] == [f"file:{p}" for _, p in outs]
+    assert "trim=start=" in graph and "-noaccurate_seek" in argv and "-copyts" in argv
 
 
 def test_chunk_argv_deinterlaces_and_converts_vfr():

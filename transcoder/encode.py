@@ -24,9 +24,14 @@ def maxrate_kbps(rung: Rung, plan: Plan) -> int:
     return max(300, round(6000 * (pixels / (1920 * 1080)) ** 0.75 * rate_factor / 50) * 50)
 
 
-def video_filters(plan: Plan, rungs: list[Rung]) -> str:
-    """`-filter_complex` graph: shared pre-processing, split, one scaled branch per rung."""
+def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> str:
+    """`-filter_complex` graph: the chunk's frames, shared pre-processing, split, one
+    scaled branch per rung."""
     pre = []
+    if chunk is not None and (chunk.start_time is not None or chunk.end_time is not None):
+        bounds = [f"start={chunk.start_time:.6f}"] if chunk.start_time is not None else []
+        bounds += [f"end={chunk.end_time:.6f}"] if chunk.end_time is not None else []
+        pre += ["trim=" + ":".join(bounds), "setpts=PTS-STARTPTS"]
     if plan.deinterlace:
         pre.append("yadif=mode=send_frame:parity=auto:deint=all")
     if plan.vfr:
@@ -72,9 +77,11 @@ def chunk_argv(
     source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int
 ) -> list[str]:
     rungs = [r for r, _ in outputs]
-    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
+    # Timestamps stay the source's (-copyts) and ffmpeg's own cut at the seek point is
+    # off (-noaccurate_seek): `trim` in the graph cuts, on exact source timestamps.
+    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts", "-noaccurate_seek",
             *ffmpeg.source_input(source, seek=chunk.seek, max_pixels=max_pixels),
-            "-filter_complex", video_filters(plan, rungs)]
+            "-filter_complex", video_filters(plan, rungs, chunk)]
     for i, (rung, path) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
                  *x264_args(rung, plan, chunk), "-an", "-sn", "-dn", "-map_metadata", "-1",

@@ -89,15 +89,20 @@ class EncoderSettings(Frozen):
 class Chunk(Frozen):
     """Frames [start_frame, end_frame) of the source; `out_frames` frames of output.
 
-    `seek` is the input `-ss` (seconds from the container start) that lands just
-    before `start_frame`: ffmpeg seeks to the keyframe at or before it, decodes, and
-    drops every frame presented earlier, so the chunk starts on exactly that frame.
+    `seek` is the input `-ss` (seconds from the container start): the demuxer goes to
+    the keyframe at or before it and decoding starts there. `start_time` and `end_time`
+    (source timestamps, seconds) lie between frames: `trim` keeps exactly the frames
+    presented between them, so the chunk is its frames whatever the seek did, and a
+    seek that landed late shows as frames missing, never as frames borrowed from the
+    next chunk.
     """
 
     index: int
     start_frame: int
     end_frame: int
     seek: float | None  # None: the first chunk, decoded from the start
+    start_time: float | None  # None: from the first frame
+    end_time: float | None  # None: to the last frame
     out_start: int
     out_frames: int
     sha256: str

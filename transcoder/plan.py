@@ -35,6 +35,7 @@ def make_plan(
 
     t0 = index.seconds(0)
     frame_dur = 1 / rate  # the last frame lasts one frame of the output rate
+    margin = _seek_margin(index, probe.format_name)
 
     def grid(frame: int) -> int:
         if not vfr:
@@ -50,7 +51,9 @@ def make_plan(
                 index=i,
                 start_frame=a,
                 end_frame=b,
-                seek=_seek(index, a, rate, probe.format_start),
+                seek=_seek(index, a, rate, probe.format_start, margin),
+                start_time=float(_cut(index, a, rate)) if a > 0 else None,
+                end_time=float(_cut(index, b, rate)) if b < n else None,
                 out_start=out_start,
                 out_frames=out_end - out_start,
                 sha256=stable_hash({"source": source_sha256, "frames": [a, b], "out": [out_start, out_end]}),
@@ -98,15 +101,43 @@ def _boundaries(n: int, step: int, target: int, keyframes: set[int]) -> list[int
     return sorted(set(b for b in bounds if 0 <= b <= n))
 
 
-def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float) -> float | None:
-    """Input `-ss` for a chunk starting at `frame`: between it and the frame before.
+# Demuxers that find a time by reading and guessing rather than from an index: a seek
+# can land late, past the keyframe it needed, so they seek earlier by a margin.
+UNINDEXED_FORMATS = {"mpegts", "mpegtsraw", "mpeg", "mpegvideo", "h264", "hevc", "m4v"}
 
-    ffmpeg drops decoded frames presented before the seek point, so the point must sit
-    after the previous frame and not after this one; a quarter frame before it leaves
-    room for rounding to microseconds.
+
+def _seek_margin(index: FrameIndex, format_name: str) -> Fraction:
+    if not UNINDEXED_FORMATS & set(format_name.split(",")):
+        return Fraction(0)
+    keys = sorted(index.keyframes)
+    longest = max((index.seconds(b) - index.seconds(a) for a, b in zip(keys, keys[1:])), default=Fraction(0))
+    return longest + 1
+
+
+def _cut(index: FrameIndex, frame: int, rate: Fraction) -> Fraction:
+    """Where a chunk starting at `frame` begins, in source seconds: just before the frame.
+
+    Between it and the frame before, a quarter frame early (at most half the gap), so
+    that rounding can never move the cut across a frame.
+    """
+    gap = index.seconds(frame) - index.seconds(frame - 1)
+    return index.seconds(frame) - min(gap / 2, 1 / (4 * rate))
+
+
+def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float, margin: Fraction) -> float | None:
+    """Input `-ss` (from the container start) for a chunk starting at `frame`.
+
+    The demuxer goes to the last keyframe at or before the target and decoding starts
+    there; the exact first frame is then cut by `trim` (`Chunk.start_time`). When the
+    chunk starts on a keyframe the target is just after it, so the seek lands on that
+    keyframe and decodes nothing that is thrown away.
     """
     if frame == 0:
         return None
-    gap = index.seconds(frame) - index.seconds(frame - 1)
-    delta = min(gap / 2, 1 / (4 * rate))
-    return float(index.seconds(frame) - delta) - format_start
+    t = index.seconds(frame)
+    if frame in index.keyframes and not margin:
+        after = index.seconds(frame + 1) - t if frame + 1 < len(index.pts) else 1 / rate
+        target = t + min(after / 2, 1 / (4 * rate))
+    else:
+        target = _cut(index, frame, rate) - margin
+    return max(0.0, float(target) - format_start)

@@ -71,7 +71,15 @@ def make_sample(kind: str, out: Path, **kwargs) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".part" + out.suffix)
-    if kind == "rotated":
+    if kind == "mpegts":
+        # open GOPs and B-frames in MPEG-TS: timestamps start at 1.4 s and seeking has
+        # no index to go by
+        plain = out.with_name(out.stem + ".plain.mp4")
+        subprocess.run(recipe("open_gop", plain, **kwargs), check=True, timeout=1800)
+        subprocess.run([ffmpeg.FFMPEG, "-v", "error", "-y", "-i", str(plain), "-c", "copy", "-f", "mpegts", str(tmp)],
+                       check=True, timeout=600)
+        plain.unlink()
+    elif kind == "rotated":
         # stored landscape, shown portrait: ffmpeg 5.1 writes the display matrix from the
         # `rotate` tag only when stream-copying, so encode first, then copy with the tag
         plain = out.with_name(out.stem + ".plain" + out.suffix)
