@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 
 from prefect import flow, get_run_logger
+from pydantic import ValidationError
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -24,6 +25,8 @@ from tasks.probe import probe_source
 from tasks.report import cleanup, publish_report
 from tasks.transcode import transcode_chunk
 from transcoder import keys
+from transcoder.errors import BadInputError
+from transcoder.storage import Storage
 from transcoder.ladder import parse_rungs
 from transcoder.models import EncoderReport, EncoderSettings, Segment, TranscodeResult
 from transcoder.settings import get_settings
@@ -34,6 +37,11 @@ PROGRESS_EVENT = "transcode_progress"  # `extra` attribute on progress log recor
 
 def _progress(logger, stage: str, done: int, total: int) -> None:
     logger.info("%s: %d/%d", stage, done, total, extra={PROGRESS_EVENT: (stage, done, total)})
+
+
+def _stored(storage: Storage, key: str, sha256: str) -> bool:
+    found = storage.head(key)
+    return bool(found) and found["metadata"].get("sha256") == sha256
 
 
 @flow(
@@ -55,13 +63,20 @@ def transcode_video(
     settings = get_settings()
     logger = get_run_logger()
     results = get_bucket(settings)  # result records (cache) live in the same bucket, under {video_id}/cache/
-    encoder = EncoderSettings(
-        codec=settings.codec,
-        preset=preset or settings.preset,
-        crf=settings.crf if crf is None else crf,
-        threads=settings.x264_threads,
-        audio_bitrate_kbps=settings.audio_bitrate_kbps,
-    )
+    try:
+        encoder = EncoderSettings(
+            codec=settings.codec,
+            preset=preset or settings.preset,
+            crf=settings.crf if crf is None else crf,
+            threads=settings.x264_threads,
+            audio_bitrate_kbps=settings.audio_bitrate_kbps,
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise BadInputError(f"bad encoder setting {problem['loc'][0]}: {problem['msg']}") from None
+    for name, value in (("chunk seconds", chunk_seconds), ("GOP seconds", gop_seconds)):
+        if value is not None and not 0.1 <= value <= 600:
+            raise BadInputError(f"{name} must be between 0.1 and 600, not {value}")
     rungs = parse_rungs(renditions)
 
     src = ingest_source(source)
@@ -87,7 +102,7 @@ def transcode_video(
     stored = store_source_object.submit(src)
     futures += [transcode.submit(plan, src, chunk, rung) for rung in others for chunk in order]
 
-    segments: dict[str, list[Segment]] = defaultdict(list)
+    by_index: dict[str, dict[int, Segment]] = defaultdict(dict)
     failures: list[BaseException] = []
     transcoded = cached = done = 0
     _progress(logger, "transcode", 0, total)
@@ -98,7 +113,7 @@ def transcode_video(
         except Exception as exc:  # noqa: BLE001 - collected; the run fails below, after every chunk ran
             failures.append(exc)
         else:
-            segments[seg.rung].append(seg)
+            by_index[seg.rung][seg.index] = seg
             if future.state.name == "Cached":
                 cached += 1
             else:
@@ -108,17 +123,33 @@ def transcode_video(
     if failures:
         logger.error("%d of %d chunk x rung tasks failed; a rerun redoes only those", len(failures), total)
         raise failures[0]
+    # A cache record outlives its object if someone deleted it: redo those tasks.
+    storage = Storage(results)
+    stale = [(chunk, rung) for rung in plan.rungs for chunk in order
+             if not _stored(storage, by_index[rung.name][chunk.index].key, by_index[rung.name][chunk.index].sha256)]
+    if stale:
+        logger.warning("%d cached segments are gone from storage; encoding them again", len(stale))
+        redo = transcode.with_options(refresh_cache=True)
+        for future in [redo.submit(plan, src, chunk, rung) for chunk, rung in stale]:
+            seg = future.result()
+            by_index[seg.rung][seg.index] = seg
+        transcoded, cached = transcoded + len(stale), cached - len(stale)
+    segments = {rung: [by_index[rung][c.index] for c in plan.chunks] for rung in by_index}
 
     # The upload of the original overlaps with the transcode, which reads the local copy.
     # (A worker on another machine would read it from storage: a fan-out waits for it first.)
     stored.result()
     audio = audio_future.result() if audio_future else None
+    if audio and not _stored(storage, audio.key, audio.sha256):
+        audio = encode_audio.with_options(result_storage=results, refresh_cache=True)(plan, src, probe)
     audio_hls = package_audio.with_options(result_storage=results).submit(plan, audio) if audio else None
     assemble = assemble_rendition.with_options(result_storage=results)
     assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]
     renditions_out = []
-    for i, future in enumerate(assembled):
+    for i, (rung, future) in enumerate(zip(plan.rungs, assembled)):
         rendition = future.result()
+        if not _stored(storage, rendition.key, rendition.sha256):  # replaced since (other settings)
+            rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
         if output_dir:
             rendition = export_rendition(rendition, output_dir)
         renditions_out.append(rendition)

@@ -72,6 +72,9 @@ def export_rendition(rendition: Rendition, output_dir: str) -> Rendition:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if not (dest.exists() and dest.stat().st_size == rendition.size and sha256_file(dest) == rendition.sha256):
         Storage().download(rendition.key, dest)
+        if sha256_file(dest) != rendition.sha256:
+            dest.unlink()
+            raise VerificationError(f"{rendition.key} changed while it was being copied (another run?); run again")
     return rendition.model_copy(update={"path": str(dest)})
 
 

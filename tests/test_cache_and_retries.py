@@ -99,3 +99,36 @@ def test_interrupted_run_resumes_with_only_the_missing_chunk(engine, media):
     resumed = transcode_video(src, renditions="240p,144p", **CHUNKING)
     assert resumed.transcoded == 2  # chunk 2, both rungs; everything else came from the cache
     assert resumed.cached == resumed.chunks * 2 - 2
+
+
+def test_deleted_segment_is_encoded_again_and_other_chunking_never_reuses_segments(engine, media, tmp_path):
+    from flows.transcode import transcode_video
+    from tests.checks import decoded_frames, per_frame_psnr
+
+    src = media("standard", seconds=6)
+    first = transcode_video(str(src), renditions="240p", **CHUNKING)
+    segments = engine.keys(f"{first.video_id}/outputs/240p/segments/")
+    engine.s3.delete_object(Bucket=engine.bucket, Key=sorted(segments)[1])
+    again = transcode_video(str(src), renditions="240p", **CHUNKING)
+    assert again.transcoded == 1 and again.cached == again.chunks - 1
+    assert again.renditions[0].sha256 == first.renditions[0].sha256
+    # other chunk boundaries: other chunks, other objects; the output is still frame-exact
+    other = transcode_video(str(src), renditions="240p", chunk_seconds=3.0, gop_seconds=1.0)
+    assert other.cached == 0 and other.transcoded == other.chunks
+    path = engine.download(other.renditions[0].key, tmp_path / "other.mp4")
+    psnr = per_frame_psnr(path, src, 320, 240)
+    assert len(psnr) == decoded_frames(src) and min(psnr) > 28
+
+
+def test_bad_encoder_settings_are_bad_input(engine, media):
+    import pytest
+
+    from flows.transcode import transcode_video
+    from transcoder.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="crf"):
+        transcode_video(str(media("standard", seconds=6)), crf=99)
+    with pytest.raises(BadInputError, match="preset"):
+        transcode_video(str(media("standard", seconds=6)), preset="warp")
+    with pytest.raises(BadInputError, match="chunk seconds"):
+        transcode_video(str(media("standard", seconds=6)), chunk_seconds=-1)

@@ -176,7 +176,8 @@ def test_audio_argv_aligns_to_the_first_frame(tmp_path):
 def test_storage_keys_follow_the_layout():
     assert keys.source("abc", "mp4") == "abc/source/source.mp4"
     assert keys.encoded("abc", "720p") == "encoded/abc_720p.mp4"
-    assert keys.segment("abc", "720p", "p", 12) == "abc/outputs/720p/segments/p/seg_00012.ts"
+    assert keys.segment("abc", "720p", "p", "ff1", 12, "c" * 64) == \
+        f"abc/outputs/720p/segments/p-ff1/seg_00012-{'c' * 16}.ts"
     assert keys.manifest("abc") == "abc/manifests/source.json"
 
 

@@ -6,7 +6,9 @@ import hashlib
 import json
 from fractions import Fraction
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Frozen(BaseModel):
@@ -72,10 +74,14 @@ class Rung(Frozen):
     height: int
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
 class EncoderSettings(Frozen):
     codec: str = "libx264"
-    preset: str = "veryfast"
-    crf: int = 23
+    preset: Literal[X264_PRESETS] = "veryfast"  # type: ignore[valid-type]
+    crf: int = Field(23, ge=0, le=51)
     profile: str = "high"
     pix_fmt: str = "yuv420p"
     threads: int = 2  # per x264 instance, fixed: parallelism comes from chunks, not from the core count

@@ -15,7 +15,8 @@ from .verify import decoded_frames
 
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
-    return keys.segment(plan.video_id, rung.name, plan.profile_hash(rung), chunk.index)
+    return keys.segment(plan.video_id, rung.name, plan.profile_hash(rung), ffmpeg.encoder_version(), chunk.index,
+                        chunk.sha256)
 
 
 def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Segment | None:
