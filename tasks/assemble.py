@@ -14,6 +14,7 @@ from transcoder.models import AudioTrack, HlsMedia, Plan, Rendition, Rung, Segme
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 from transcoder.verify import verify_rendition
+from transcoder.workspace import scratch_dir
 
 from .common import AssembleCache, retry_transient
 
@@ -24,8 +25,7 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
     """Concat + mux + faststart, verify the whole file, and only then publish it."""
     settings = get_settings()
     storage = Storage()
-    scratch = settings.work_dir / plan.video_id / "scratch" / f"assemble_{rung.name}"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = scratch_dir(settings, plan.video_id, f"assemble_{rung.name}")
     try:
         local_segments = []
         for seg in sorted(segments, key=lambda s: s.index):
@@ -90,5 +90,3 @@ def export_package(video_id: str, output_dir: str) -> str:
     return str(root / "hls" / "master.m3u8")
 
 
-def remove_scratch(video_id: str) -> None:
-    shutil.rmtree(get_settings().work_dir / video_id, ignore_errors=True)

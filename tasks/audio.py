@@ -10,6 +10,7 @@ from transcoder.ingest import ensure_local, sha256_file
 from transcoder.models import AudioTrack, Plan, Probe, SourceObject
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
+from transcoder.workspace import scratch_dir
 
 from .common import AudioCache, retry_transient
 
@@ -21,8 +22,7 @@ def encode_audio(plan: Plan, source: SourceObject, probe: Probe) -> AudioTrack:
     settings = get_settings()
     storage = Storage()
     local = ensure_local(source, storage, settings)
-    scratch = settings.work_dir / plan.video_id / "scratch" / "audio"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = scratch_dir(settings, plan.video_id, "audio")
     out = scratch / "audio.m4a"
     try:
         channels = probe.audio.channels if probe.audio else 2

@@ -10,6 +10,7 @@ from transcoder import hls, keys
 from transcoder.models import AudioTrack, HlsMedia, Plan, Rendition
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
+from transcoder.workspace import scratch_dir
 
 from .assemble import upload_tree
 from .common import retry_transient
@@ -21,7 +22,7 @@ def package_audio(plan: Plan, audio: AudioTrack) -> HlsMedia:
     """The audio, packaged once as its own HLS rendition group (`{video_id}/hls/audio/`)."""
     settings = get_settings()
     storage = Storage()
-    scratch = settings.work_dir / plan.video_id / "scratch" / "hls_audio"
+    scratch = scratch_dir(settings, plan.video_id, "hls_audio")
     try:
         local = storage.download(audio.key, scratch / "audio.m4a")
         hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, settings.segment_seconds)

@@ -8,6 +8,7 @@ from transcoder import keys
 from transcoder.models import Plan, Probe, SourceObject, TranscodeResult
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
+from transcoder.workspace import remove_scratch
 
 from .common import retry_transient
 
@@ -66,8 +67,6 @@ def publish_report(result: TranscodeResult, source: SourceObject, probe: Probe, 
 @task(name="cleanup", cache_policy=NO_CACHE)
 def cleanup(video_id: str) -> int:
     """Delete split intermediates (if any were written) and this machine's scratch files."""
-    from .assemble import remove_scratch
-
     removed = Storage().delete_prefix(keys.chunks_prefix(video_id))
-    remove_scratch(video_id)
+    remove_scratch(get_settings(), video_id)
     return removed

@@ -8,6 +8,7 @@ from transcoder.models import Chunk, Plan, Rung, Segment, SourceObject
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 from transcoder.transcode import encode_chunk, stored_segment
+from transcoder.workspace import scratch_dir
 
 from .common import ChunkRungCache, KeyedLocks, retry_transient
 
@@ -39,7 +40,7 @@ def transcode_chunk(plan: Plan, source: SourceObject, chunk: Chunk, rung: Rung) 
             return done
         missing = [r for r in plan.rungs if r == rung or stored_segment(storage, plan, r, chunk) is None]
         local = ensure_local(source, storage, settings)
-        scratch = settings.work_dir / plan.video_id / "scratch" / f"chunk_{chunk.name}"
+        scratch = scratch_dir(settings, plan.video_id, f"chunk_{chunk.name}")
         for segment in encode_chunk(local, plan, chunk, missing, storage, settings, scratch):
             if segment.rung == rung.name:
                 return segment

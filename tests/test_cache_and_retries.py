@@ -24,7 +24,7 @@ class FFmpegKiller(threading.Thread):
 
     def __init__(self, chunk: str, times: int):
         super().__init__(daemon=True)
-        self.needle, self.times, self.killed = f"chunk_{chunk}/".encode(), times, 0
+        self.needle, self.times, self.killed = f"chunk_{chunk}-".encode(), times, 0
         self.stop = threading.Event()
 
     def run(self) -> None:

@@ -160,7 +160,7 @@ def test_chunk_argv_deinterlaces_and_converts_vfr():
     plan = make_plan("v", "s", probe_of(video(interlaced=True)), index(600), None, EncoderSettings(), 4, 8)
     plan = plan.model_copy(update={"vfr": True})
     graph = encode.video_filters(plan, list(plan.rungs))
-    assert graph.startswith("[0:v:0]yadif=") and "fps=fps=25/1" in graph
+    assert graph.startswith("[0:v:0]setpts=PTS-STARTPTS,yadif=") and "fps=fps=25/1" in graph
 
 
 def test_audio_argv_aligns_to_the_first_frame(tmp_path):

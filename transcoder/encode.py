@@ -31,7 +31,10 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> 
     if chunk is not None and (chunk.start_time is not None or chunk.end_time is not None):
         bounds = [f"start={chunk.start_time:.6f}"] if chunk.start_time is not None else []
         bounds += [f"end={chunk.end_time:.6f}"] if chunk.end_time is not None else []
-        pre += ["trim=" + ":".join(bounds), "setpts=PTS-STARTPTS"]
+        pre.append("trim=" + ":".join(bounds))
+    # Constant rate: frame n at n/fps exactly, so the joints and the concat durations
+    # agree even where the planned rate was snapped from a slightly irregular source.
+    pre.append("setpts=PTS-STARTPTS" if plan.vfr else f"setpts=N*{plan.fps_den}/{plan.fps_num}/TB")
     if plan.deinterlace:
         pre.append("yadif=mode=send_frame:parity=auto:deint=all")
     if plan.vfr:

@@ -99,4 +99,4 @@ def encoder_version() -> str:
 
 
 # Bump when a change to argv building changes the pictures of an unchanged profile.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
