@@ -198,3 +198,18 @@ def test_maxrate_scales_with_pixels():
     plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
     caps = [encode.maxrate_kbps(r, plan) for r in plan.rungs]
     assert caps == sorted(caps, reverse=True) and caps[0] == 6000
+
+
+def test_source_hash_is_remembered_until_the_file_changes(tmp_path):
+    import hashlib
+
+    from transcoder.ingest import sha256_local
+    from transcoder.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data")
+    f = tmp_path / "v.bin"
+    f.write_bytes(b"a" * 1000)
+    assert sha256_local(f, settings) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert len(list((tmp_path / "data" / "hash-cache").iterdir())) == 1
+    f.write_bytes(b"b" * 1000)  # same size, rewritten in place
+    assert sha256_local(f, settings) == hashlib.sha256(b"b" * 1000).hexdigest()

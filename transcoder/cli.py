@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # the local stack could not start (a port taken, a server died)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _stack():

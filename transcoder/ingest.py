@@ -30,6 +30,30 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_local(path: Path, settings: Settings) -> str:
+    """sha256 of a user's file, remembered while the file is unchanged.
+
+    A rerun of a large source would otherwise spend seconds hashing it again. The stamp
+    is what git's index trusts: device, inode, size, and modification and change times
+    in nanoseconds (any write changes the change time).
+    """
+    st = path.stat()
+    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    entry = settings.data_dir / "hash-cache" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    try:
+        remembered, _, sha = entry.read_text().partition(" ")
+        if remembered == stamp and len(sha) == 64:
+            return sha
+    except OSError:
+        pass
+    sha = sha256_file(path)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+    tmp.write_text(f"{stamp} {sha}")
+    os.replace(tmp, entry)
+    return sha
+
+
 def safe_ext(name: str) -> str:
     ext = Path(name).suffix.lower().lstrip(".")
     return ext if _EXT.match(ext) else "bin"
@@ -53,7 +77,8 @@ def ingest(origin: str, storage: Storage, settings: Settings) -> tuple[SourceObj
             raise BadInputError("the file is empty (0 bytes)")
         if size > settings.max_input_bytes:
             raise BadInputError(f"the file is {size} bytes, over the limit of {settings.max_input_bytes}")
-        sha = sha256_file(path)
+        local_origin = "://" not in origin
+        sha = sha256_local(path, settings) if local_origin else sha256_file(path)
         video_id = sha[:16]
         ext = safe_ext(name)
         key = keys.source(video_id, ext)

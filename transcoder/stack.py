@@ -120,6 +120,9 @@ def _wait_s3(endpoint: str, key: str, secret: str, proc: subprocess.Popen, log_p
 
 def start_prefect_server(home: Path, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     home.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:  # someone else's server: never talk to it as ours
+            raise RuntimeError(f"port {port} is in use by another program; stop it or set TRANSCODE_PREFECT_PORT")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
