@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
@@ -44,7 +45,5 @@ def write_master(plan: Plan, renditions: list[Rendition], audio: HlsMedia | None
     try:
         Storage().upload(f.name, key, content_type=hls.CONTENT_TYPES[".m3u8"])
     finally:
-        import os
-
         os.unlink(f.name)
     return key
