@@ -39,11 +39,6 @@ def _progress(logger, stage: str, done: int, total: int) -> None:
     logger.info("%s: %d/%d", stage, done, total, extra={PROGRESS_EVENT: (stage, done, total)})
 
 
-def _stored(storage: Storage, key: str, sha256: str) -> bool:
-    found = storage.head(key)
-    return bool(found) and found["metadata"].get("sha256") == sha256
-
-
 @flow(
     name="transcode-video",
     task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers),
@@ -126,7 +121,7 @@ def transcode_video(
     # A cache record outlives its object if someone deleted it: redo those tasks.
     storage = Storage(results)
     stale = [(chunk, rung) for rung in plan.rungs for chunk in order
-             if not _stored(storage, by_index[rung.name][chunk.index].key, by_index[rung.name][chunk.index].sha256)]
+             if not storage.holds((seg := by_index[rung.name][chunk.index]).key, seg.sha256)]
     if stale:
         logger.warning("%d cached segments are gone from storage; encoding them again", len(stale))
         redo = transcode.with_options(refresh_cache=True)
@@ -140,7 +135,7 @@ def transcode_video(
     # (A worker on another machine would read it from storage: a fan-out waits for it first.)
     stored.result()
     audio = audio_future.result() if audio_future else None
-    if audio and not _stored(storage, audio.key, audio.sha256):
+    if audio and not storage.holds(audio.key, audio.sha256):
         audio = encode_audio.with_options(result_storage=results, refresh_cache=True)(plan, src, probe)
     audio_hls = package_audio.with_options(result_storage=results).submit(plan, audio) if audio else None
     assemble = assemble_rendition.with_options(result_storage=results)
@@ -148,7 +143,7 @@ def transcode_video(
     renditions_out = []
     for i, (rung, future) in enumerate(zip(plan.rungs, assembled)):
         rendition = future.result()
-        if not _stored(storage, rendition.key, rendition.sha256):  # replaced since (other settings)
+        if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
             rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
         if output_dir:
             rendition = export_rendition(rendition, output_dir)

@@ -93,8 +93,7 @@ def ingest(origin: str, storage: Storage, settings: Settings) -> tuple[SourceObj
 
 def store_source(source: SourceObject, local: Path, storage: Storage) -> None:
     """Upload the original to `{video_id}/source/` unless that exact object is there."""
-    found = storage.head(source.key)
-    if not (found and found["size"] == source.size and found["metadata"].get("sha256") == source.sha256):
+    if not storage.holds(source.key, source.sha256, source.size):
         storage.upload(local, source.key, metadata={"sha256": source.sha256})
 
 

@@ -109,6 +109,11 @@ class Storage:
             raise RetryableError(f"storage lookup of {key} failed: {exc}") from exc
         return {"size": resp["ContentLength"], "metadata": resp.get("Metadata", {})}
 
+    def holds(self, key: str, sha256: str, size: int | None = None) -> bool:
+        """Whether `key` is the object with this sha256 (metadata written at upload)."""
+        found = self.head(key)
+        return bool(found) and found["metadata"].get("sha256") == sha256 and size in (None, found["size"])
+
     def put_json(self, key: str, value: Any) -> None:
         body = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
         try:
