@@ -11,7 +11,8 @@ setup:
 demo: setup
 	@$(VENV)/bin/transcode demo
 
-test: setup
+test:
+	@bash infra/setup.sh --test
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

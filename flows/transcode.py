@@ -21,18 +21,25 @@ from tasks.audio import encode_audio
 from tasks.hls import package_audio, write_master
 from tasks.ingest import ingest_source, store_source_object
 from tasks.plan import plan_transcode
+from tasks.player import publish_player
 from tasks.probe import probe_source
 from tasks.report import cleanup, publish_report
+from tasks.thumbnails import make_thumbnails
 from tasks.transcode import transcode_chunk
 from transcoder import keys
 from transcoder.errors import BadInputError
 from transcoder.storage import Storage
 from transcoder.ladder import parse_rungs
+from transcoder.quality import rung_quality
 from transcoder.models import EncoderReport, EncoderSettings, Segment, TranscodeResult
 from transcoder.settings import get_settings
 from transcoder.storage import get_bucket
 
 PROGRESS_EVENT = "transcode_progress"  # `extra` attribute on progress log records (the CLI shows them)
+
+
+def _title(origin: str) -> str:
+    return origin.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or origin
 
 
 def _progress(logger, stage: str, done: int, total: int) -> None:
@@ -98,6 +105,7 @@ def transcode_video(
     futures += [transcode.submit(plan, src, chunk, rung) for rung in others for chunk in order]
 
     by_index: dict[str, dict[int, Segment]] = defaultdict(dict)
+    cached_by_rung: dict[str, int] = defaultdict(int)
     failures: list[BaseException] = []
     transcoded = cached = done = 0
     _progress(logger, "transcode", 0, total)
@@ -111,6 +119,7 @@ def transcode_video(
             by_index[seg.rung][seg.index] = seg
             if future.state.name == "Cached":
                 cached += 1
+                cached_by_rung[seg.rung] += 1
             else:
                 transcoded += 1
         _progress(logger, "transcode", done, total)
@@ -128,6 +137,7 @@ def transcode_video(
         for future in [redo.submit(plan, src, chunk, rung) for chunk, rung in stale]:
             seg = future.result()
             by_index[seg.rung][seg.index] = seg
+            cached_by_rung[seg.rung] -= 1
         transcoded, cached = transcoded + len(stale), cached - len(stale)
     segments = {rung: [by_index[rung][c.index] for c in plan.chunks] for rung in by_index}
 
@@ -145,10 +155,13 @@ def transcode_video(
         rendition = future.result()
         if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
             rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
+        rendition = rendition.model_copy(update={"quality": rung_quality(segments[rung.name]),
+                                                 "cached_chunks": cached_by_rung[rung.name]})
         if output_dir:
             rendition = export_rendition(rendition, output_dir)
         renditions_out.append(rendition)
         _progress(logger, "assemble", i + 1, len(assembled))
+    pictures = make_thumbnails.with_options(result_storage=results).submit(plan, renditions_out)
     master = write_master(plan, renditions_out, audio_hls.result() if audio_hls else None)
 
     result = TranscodeResult(
@@ -167,10 +180,14 @@ def transcode_video(
         report_key=keys.report(src.video_id),
         manifest_key=keys.manifest(src.video_id),
         hls_master_key=master,
+        thumbnails=pictures.result(),
         wall_seconds=round(time.monotonic() - started, 3),
     )
     publish_report(result, src, probe, plan)
     if output_dir:
         export_package(src.video_id, output_dir)
+    # last: the page links to everything above
+    result = result.model_copy(update={"player_url": publish_player(src.video_id, _title(src.origin),
+                                                                    result.thumbnails, output_dir)})
     cleanup(src.video_id)
     return result

@@ -80,12 +80,13 @@ def export_rendition(rendition: Rendition, output_dir: str) -> Rendition:
 
 @task(name="export-package", retries=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def export_package(video_id: str, output_dir: str) -> str:
-    """Copy the HLS package and report.json to a local folder (`DIR/hls/`, `DIR/report.json`)."""
+    """Copy the HLS package, the poster and thumbnails, and report.json to a local folder
+    (`DIR/hls/`, `DIR/thumbnails/`, `DIR/report.json`)."""
     storage = Storage()
     root = Path(output_dir).expanduser().resolve()
-    prefix = keys.hls(video_id)
-    for key in storage.list_keys(prefix):
-        storage.download(key, root / "hls" / key[len(prefix):])
+    for prefix, folder in ((keys.hls(video_id), "hls"), (keys.thumbnails(video_id), "thumbnails")):
+        for key in storage.list_keys(prefix):
+            storage.download(key, root / folder / key[len(prefix):])
     storage.download(keys.report(video_id), root / "report.json")
     return str(root / "hls" / "master.m3u8")
 

@@ -36,13 +36,22 @@ def publish_report(result: TranscodeResult, source: SourceObject, probe: Probe, 
         "run": {"transcoded": result.transcoded, "cached": result.cached, "wall_seconds": result.wall_seconds,
                 "speed_x_realtime": round(result.duration / result.wall_seconds, 3) if result.wall_seconds else None},
         "renditions": [r.model_dump() for r in result.renditions],
+        "quality": {"metrics": ["psnr", "ssim"] if any(r.quality for r in result.renditions) else [],
+                    "reference": "the source through the encoder's own filters (trim, rate, deinterlace), "
+                                 "scaled to the rung",
+                    "vmaf": "not measured: this ffmpeg has no libvmaf"},
         "hls_master": result.hls_master_key,
+        "thumbnails": result.thumbnails.model_dump() if result.thumbnails else None,
     }
     key = keys.report(result.video_id)
     storage.put_json(key, report)
     rows = [{"rendition": r.name, "size": f"{r.width}x{r.height}", "frames": r.frames,
              "duration_s": round(r.duration, 3), "bitrate_kbps": round(r.bitrate / 1000),
-             "megabytes": round(r.size / 1e6, 2), "key": f"s3://{storage.name}/{r.key}"} for r in result.renditions]
+             "megabytes": round(r.size / 1e6, 2),
+             "psnr_db": r.quality["psnr_db"] if r.quality else None,
+             "ssim": r.quality["ssim"] if r.quality else None,
+             "cached_chunks": f"{r.cached_chunks}/{result.chunks}",
+             "key": f"s3://{storage.name}/{r.key}"} for r in result.renditions]
     create_table_artifact(rows, key=_artifact_key(result.video_id, "renditions"),
                           description=f"Renditions of {source.origin} ({result.video_id})")
     create_markdown_artifact(

@@ -58,6 +58,17 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def engine(s3_server, prefect_server, data_dir, monkeypatch):
     """A fresh bucket and block, settings pointing at them; yields the S3 client and bucket."""
+    yield from _engine(s3_server, data_dir, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_engine(s3_server, prefect_server, data_dir):
+    """`engine` shared by the tests of one module (one run, many checks)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _engine(s3_server, data_dir, monkeypatch)
+
+
+def _engine(s3_server, data_dir, monkeypatch):
     from transcoder.settings import reload_settings
     from transcoder.storage import forget_buckets
 

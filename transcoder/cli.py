@@ -169,15 +169,20 @@ def _print_table(result, ui: str | None) -> None:
           f"({result.wall_seconds:.1f} s)")
     if result.skipped_rungs:
         print(f"skipped (would upscale): {', '.join(result.skipped_rungs)}")
-    header = f"{'rung':>6}  {'size':>10}  {'frames':>7}  {'kb/s':>6}  {'MB':>7}  where"
+    header = f"{'rung':>9}  {'size':>10}  {'frames':>7}  {'kb/s':>6}  {'MB':>7}  {'PSNR':>6}  {'SSIM':>6}  where"
     print(header)
     for r in result.renditions:
         where = r.path or f"s3://{bucket}/{r.key}"
-        print(f"{r.name:>6}  {r.width:>4}x{r.height:<5}  {r.frames:>7}  {r.bitrate // 1000:>6}  "
-              f"{r.size / 1e6:>7.2f}  {where}")
+        psnr, ssim = (f"{r.quality['psnr_db']:.2f}", f"{r.quality['ssim']:.4f}") if r.quality else ("-", "-")
+        print(f"{r.name:>9}  {r.width:>4}x{r.height:<5}  {r.frames:>7}  {r.bitrate // 1000:>6}  "
+              f"{r.size / 1e6:>7.2f}  {psnr:>6}  {ssim:>6}  {where}")
     print(f"report: s3://{bucket}/{result.report_key}")
     if result.hls_master_key:
         print(f"HLS:    s3://{bucket}/{result.hls_master_key}")
+    if result.thumbnails:
+        print(f"poster: s3://{bucket}/{result.thumbnails.poster_key}")
+    if result.player_url:
+        print(f"player: {result.player_url}")
     if ui:
         print(f"Prefect UI: {ui}  (flow runs, artifacts: renditions-{result.video_id})")
 

@@ -51,7 +51,7 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> 
     return ";".join([f"[0:v:0]{head}"] + branches)
 
 
-def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None) -> list[str]:
+def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool = False) -> list[str]:
     enc: EncoderSettings = plan.encoder
     cap = maxrate_kbps(rung, plan)
     # A chunk after the first joins a stream whose VBV buffer level it cannot know.
@@ -73,21 +73,23 @@ def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None) -> list[str]:
         "-keyint_min", str(plan.gop_frames),
         "-sc_threshold", "0",
         "-threads", str(enc.threads),
-    ]
+    ] + (["-flags", "+psnr", "-ssim", "1"] if measure else [])  # x264 reports PSNR/SSIM; same bitstream
 
 
 def chunk_argv(
-    source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int
+    source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int, measure: bool = False
 ) -> list[str]:
+    """With `measure`, x264 measures PSNR/SSIM and the log is kept at info level (read by quality.x264_stats)."""
     rungs = [r for r, _ in outputs]
     # Timestamps stay the source's (-copyts) and ffmpeg's own cut at the seek point is
     # off (-noaccurate_seek): `trim` in the graph cuts, on exact source timestamps.
-    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts", "-noaccurate_seek",
+    log = ffmpeg.INFO_LOG if measure else ["-v", "error"]
+    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", *log, "-y", "-copyts", "-noaccurate_seek",
             *ffmpeg.source_input(source, seek=chunk.seek, max_pixels=max_pixels),
             "-filter_complex", video_filters(plan, rungs, chunk)]
     for i, (rung, path) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
-                 *x264_args(rung, plan, chunk), "-an", "-sn", "-dn", "-map_metadata", "-1",
+                 *x264_args(rung, plan, chunk, measure), "-an", "-sn", "-dn", "-map_metadata", "-1",
                  "-f", "mpegts", ffmpeg.file_url(path)]
     return argv
 

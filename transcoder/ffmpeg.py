@@ -52,8 +52,15 @@ def trusted_input(path: str | Path) -> list[str]:
     return ["-protocol_whitelist", "file", "-i", file_url(path)]
 
 
+INFO_LOG = ["-loglevel", "level+info", "-nostats"]  # for encoder summaries; errors keep their [error] tag
+
+
 def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
-    """Run one ffmpeg/ffprobe command; raise FFmpegError with its stderr on failure."""
+    """Run one ffmpeg/ffprobe command; raise FFmpegError with its stderr on failure.
+
+    With `INFO_LOG` in argv the error keeps only the lines above [info] level, so the
+    message shows what went wrong rather than encoder statistics.
+    """
     log.info("%s: %s", what, shlex.join(argv))
     proc = subprocess.Popen(
         argv,
@@ -69,7 +76,8 @@ def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProce
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         out, err = proc.communicate()
-        raise FFmpegTimeout(f"{what}: timed out after {timeout:.0f} s and was killed", argv, err) from None
+        raise FFmpegTimeout(f"{what}: timed out after {timeout:.0f} s and was killed", argv,
+                            _problems(argv, err)) from None
     except BaseException:
         _kill_group(proc)
         proc.wait()
@@ -79,8 +87,14 @@ def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProce
             reason = f"killed by signal {signal.Signals(-proc.returncode).name}"
         else:
             reason = f"exit status {proc.returncode}"
-        raise FFmpegError(f"{what}: ffmpeg failed ({reason})", argv, err)
+        raise FFmpegError(f"{what}: ffmpeg failed ({reason})", argv, _problems(argv, err))
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _problems(argv: list[str], stderr: str) -> str:
+    if "level+info" not in argv:
+        return stderr
+    return "\n".join(line for line in stderr.splitlines() if "[info]" not in line and "[verbose]" not in line)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

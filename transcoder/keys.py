@@ -7,6 +7,8 @@
 {video_id}/outputs/audio/{profile}/audio.m4a
 {video_id}/cache/...                                   (Prefect result records)
 {video_id}/hls/master.m3u8, {rung}/index.m3u8, {rung}/init.mp4, {rung}/seg_00000.m4s, audio/...
+{video_id}/thumbnails/poster.jpg, sprite_000.jpg, thumbnails.vtt
+{video_id}/player.html
 {video_id}/report.json
 encoded/{video_id}_{rung}.mp4
 """
@@ -56,3 +58,11 @@ def encoded(video_id: str, rung: str) -> str:
 def hls(video_id: str, relative: str = "") -> str:
     """`{video_id}/hls/` and the files under it (relative to the master playlist)."""
     return f"{video_id}/hls/{relative}"
+
+
+def thumbnails(video_id: str, name: str = "") -> str:
+    return f"{video_id}/thumbnails/{name}"
+
+
+def player(video_id: str) -> str:
+    return f"{video_id}/player.html"

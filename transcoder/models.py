@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from fractions import Fraction
 
 from typing import Literal
@@ -68,10 +69,14 @@ class Probe(Frozen):
     audio: AudioInfo | None
 
 
+Codec = Literal["h264", "hevc", "av1"]
+
+
 class Rung(Frozen):
-    name: str  # "720p": the short side of the displayed picture
+    name: str  # "720p": the short side of the displayed picture; "720p-av1" for codecs other than H.264
     width: int
     height: int
+    codec: Codec = "h264"
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -157,6 +162,40 @@ class Plan(Frozen):
         )[:16]
 
 
+class Quality(Frozen):
+    """PSNR and SSIM over some frames of one rung, against the source scaled to it.
+
+    Sums, not means, so that chunks add up to the rung exactly whatever their lengths.
+    """
+
+    frames: int
+    mse_sum: float  # per-frame MSE over Y, U and V weighted by plane size
+    ssim_y_sum: float  # per-frame luma SSIM
+    method: str  # "x264" (the encoder's own measurement) or "ffmpeg" (psnr/ssim filters)
+
+    def __add__(self, other: "Quality") -> "Quality":
+        method = self.method if self.method == other.method else "mixed"
+        return Quality(frames=self.frames + other.frames, mse_sum=self.mse_sum + other.mse_sum,
+                       ssim_y_sum=self.ssim_y_sum + other.ssim_y_sum, method=method)
+
+    def summary(self) -> dict:
+        """PSNR from the mean MSE (global PSNR, as x264 and ffmpeg's psnr filter sum up), mean luma SSIM."""
+        n = max(self.frames, 1)
+        return {"psnr_db": psnr_db(self.mse_sum / n), "ssim": round(self.ssim_y_sum / n, 5),
+                "frames": self.frames, "method": self.method}
+
+
+PSNR_CAP = 100.0  # identical pictures: infinite PSNR, reported as this
+
+
+def psnr_db(mse: float, peak: int = 255) -> float:
+    return PSNR_CAP if mse <= 0 else round(min(PSNR_CAP, 10 * math.log10(peak * peak / mse)), 3)
+
+
+def mse_of(psnr: float, peak: int = 255) -> float:
+    return peak * peak / 10 ** (psnr / 10)
+
+
 class Segment(Frozen):
     """One transcoded chunk of one rung, stored at `key` (MPEG-TS, video only)."""
 
@@ -166,6 +205,7 @@ class Segment(Frozen):
     frames: int
     size: int
     sha256: str
+    quality: Quality | None = None  # None when measuring was switched off
 
 
 class AudioTrack(Frozen):
@@ -198,6 +238,21 @@ class Rendition(Frozen):
     size: int
     sha256: str
     hls: HlsMedia | None = None
+    quality: dict | None = None  # Quality.summary() of every frame; None if any chunk lacks it
+    cached_chunks: int = 0  # of this rung's chunks, answered from the cache in this run
+
+
+class Thumbnails(Frozen):
+    """Poster and seek-bar thumbnails of one video (`{video_id}/thumbnails/`)."""
+
+    poster_key: str
+    poster_time: float  # seconds into the video
+    vtt_key: str  # WebVTT thumbnails track; cues point into the sprites
+    sprite_keys: tuple[str, ...]
+    count: int
+    interval: float  # seconds of video per thumbnail
+    width: int
+    height: int
 
 
 class EncoderReport(Frozen):
@@ -224,6 +279,8 @@ class TranscodeResult(Frozen):
     report_key: str
     manifest_key: str
     hls_master_key: str | None
+    thumbnails: Thumbnails | None = None
+    player_url: str | None = None  # the player page in storage (presigned; expires)
     wall_seconds: float
 
 

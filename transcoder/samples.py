@@ -50,6 +50,11 @@ def recipe(kind: str, out: Path, seconds: float = 4.0, width: int = 320, height:
         g = scenes(width | 1, height | 1, fps, seconds).replace("format=yuv420p,setsar=1", "format=yuv444p,setsar=1")
         return base + ["-filter_complex", g + ";[v]setsar=16/15[s]", *with_audio, "-map", "[s]", "-map", "0:a",
                        *x264, "-pix_fmt", "yuv444p", *aac, "-shortest", str(out)]
+    if kind == "black_intro":  # two seconds of black, then the scenes: no poster should be black
+        black = f"color=black:size={width}x{height}:rate={fps}:duration=2,format=yuv420p,setsar=1[bk]"
+        with_audio = ["-f", "lavfi", "-i", AUDIO.format(d=f"{seconds + 2:.3f}")]
+        return base + ["-filter_complex", f"{graph};{black};[bk][v]concat=n=2:v=1:a=0[w]", *with_audio,
+                       "-map", "[w]", "-map", "0:a", *x264, "-pix_fmt", "yuv420p", *aac, "-shortest", str(out)]
     if kind == "no_audio":
         return base + ["-filter_complex", graph, "-map", "[v]", *x264, "-pix_fmt", "yuv420p", str(out)]
     if kind == "audio_only":

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     x264_threads: int = Field(2, ge=0, le=64)
     audio_bitrate_kbps: int = Field(128, ge=16, le=512)
 
+    # Measure PSNR/SSIM of every frame of every rung while checking each chunk (about
+    # one more decode of the source; off: the check only decodes the segments).
+    quality_metrics: bool = True
+
+    # Lifetime of the player page's presigned links (SigV4 allows at most 7 days).
+    player_link_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
+
     # Process limits: every ffmpeg gets a timeout proportional to the media it handles.
     ffmpeg_timeout_per_media_second: float = 30.0
     ffmpeg_min_timeout: float = 120.0

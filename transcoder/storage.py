@@ -21,7 +21,8 @@ from .settings import Settings, get_settings
 
 # Checksums only where the API requires them: segments carry their own sha256, and a
 # CRC32 over every byte of every transfer costs CPU the encoders could use.
-CLIENT_CONFIG = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+CLIENT_CONFIG = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
+                 "signature_version": "s3v4"}  # presigned links: SigV4 (AWS and MinIO want it)
 
 _lock = threading.Lock()
 _cache: dict[tuple, Any] = {}

@@ -8,7 +8,8 @@ from pathlib import Path
 from . import encode, ffmpeg, keys
 from .errors import VerificationError
 from .ingest import sha256_file
-from .models import Chunk, Plan, Rung, Segment
+from .models import Chunk, Plan, Quality, Rung, Segment
+from .quality import measure_chunk, x264_stats
 from .settings import Settings
 from .storage import Storage
 from .verify import decoded_frames
@@ -28,32 +29,57 @@ def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Se
     meta = found["metadata"]
     if meta.get("frames") != str(chunk.out_frames) or not meta.get("sha256"):
         return None
+    quality = Quality.model_validate_json(meta["quality"]) if meta.get("quality") else None
     return Segment(rung=rung.name, index=chunk.index, key=key, frames=chunk.out_frames,
-                   size=found["size"], sha256=meta["sha256"])
+                   size=found["size"], sha256=meta["sha256"], quality=quality)
 
 
 def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], storage: Storage,
                  settings: Settings, scratch: Path) -> list[Segment]:
-    """One ffmpeg: decode the chunk once, write each rung, check frame counts, upload."""
+    """One ffmpeg: decode the chunk once, write each rung; check each whole (frames,
+    decoding, PSNR/SSIM), upload."""
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = [(r, scratch / f"{r.name}_{chunk.name}.ts") for r in rungs]
-    argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2)
+    measure = settings.quality_metrics
+    argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure)
     media_seconds = chunk.out_frames / float(plan.fps)
     timeout = max(settings.ffmpeg_min_timeout, settings.ffmpeg_timeout_per_media_second * media_seconds)
     try:
-        ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r in rungs)})")
-        segments = []
-        for rung, path in outputs:
+        proc = ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r in rungs)})")
+        qualities: list[Quality | None] = [None] * len(outputs)
+        if measure:
+            # x264 measured its own outputs; the others are compared by a second ffmpeg,
+            # which decodes them whole (their decode check)
+            stats = iter(x264_stats(proc.stderr, chunk.out_frames))
+            others = [i for i, (r, _) in enumerate(outputs) if r.codec != "h264"]
+            for i, (rung, _) in enumerate(outputs):
+                if rung.codec == "h264":
+                    qualities[i] = next(stats, None)
+                    if qualities[i] is None:
+                        raise VerificationError(f"chunk {chunk.name}: x264 printed no statistics for {rung.name}")
+            if others:
+                measured = measure_chunk(source, plan, chunk, [outputs[i] for i in others], scratch,
+                                         settings.max_dimension**2, timeout)
+                for i, quality in zip(others, measured):
+                    qualities[i] = quality
+        for (rung, path), quality in zip(outputs, qualities):
+            if quality is not None and quality.method == "ffmpeg":
+                continue  # decoded whole by the comparison
             frames = decoded_frames(path, timeout)
             if frames != chunk.out_frames:
                 raise VerificationError(
                     f"chunk {chunk.name} {rung.name}: {frames} frames decoded, the plan has {chunk.out_frames}"
                 )
+        segments = []
+        for (rung, path), quality in zip(outputs, qualities):
             sha = sha256_file(path)
             key = segment_key(plan, rung, chunk)
-            storage.upload(path, key, metadata={"sha256": sha, "frames": str(frames)}, content_type="video/mp2t")
-            segments.append(Segment(rung=rung.name, index=chunk.index, key=key, frames=frames,
-                                    size=path.stat().st_size, sha256=sha))
+            meta = {"sha256": sha, "frames": str(chunk.out_frames)}
+            if quality is not None:
+                meta["quality"] = quality.model_dump_json()
+            storage.upload(path, key, metadata=meta, content_type="video/mp2t")
+            segments.append(Segment(rung=rung.name, index=chunk.index, key=key, frames=chunk.out_frames,
+                                    size=path.stat().st_size, sha256=sha, quality=quality))
         return segments
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

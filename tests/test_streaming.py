@@ -1,0 +1,118 @@
+"""What a viewer gets besides the MP4s: quality figures, poster and seek-bar thumbnails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+from tests.checks import per_frame_psnr
+
+SETTINGS = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
+
+
+@pytest.fixture(scope="module")
+def finished(module_engine, media, tmp_path_factory):
+    """One run of a video that opens on two seconds of black, shared by the tests below."""
+    from flows.transcode import transcode_video
+
+    out = tmp_path_factory.mktemp("streaming")
+    src = media("black_intro", seconds=9, width=480, height=270)
+    result = transcode_video(str(src), renditions="270p,144p", output_dir=str(out), **SETTINGS)
+    return module_engine, result, out, src
+
+
+def brightness(picture: Path, crop: str | None = None) -> float:
+    graph = (f"crop={crop}," if crop else "") + "signalstats,metadata=mode=print:file=-"
+    proc = subprocess.run(["ffmpeg", "-v", "error", "-i", str(picture), "-vf", graph, "-f", "null", "-"],
+                          capture_output=True, text=True, check=True)
+    return float(next(l for l in proc.stdout.splitlines() if "YAVG" in l).split("=")[1])
+
+
+def test_quality_per_rung_in_report_and_ui(finished):
+    _, result, out, src = finished
+    report = json.loads((out / "report.json").read_text())
+    for rendition, entry in zip(result.renditions, report["renditions"]):
+        quality = entry["quality"]
+        assert quality["method"] == "x264" and quality["frames"] == rendition.frames
+        assert 30 < quality["psnr_db"] < 60 and 0.85 < quality["ssim"] <= 1
+        # an independent measurement of the published file agrees with the encoder's
+        frames = per_frame_psnr(Path(rendition.path), src, rendition.width, rendition.height)
+        assert len(frames) == rendition.frames
+        mse = sum(255 ** 2 / 10 ** (p / 10) for p in frames) / len(frames)
+        import math
+        assert abs(10 * math.log10(255 ** 2 / mse) - quality["psnr_db"]) < 0.1
+    assert report["run"]["speed_x_realtime"] > 0
+    assert report["quality"]["vmaf"].startswith("not measured")
+    with get_client(sync_client=True) as client:
+        table = client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=[f"renditions-{result.video_id}"])))
+    rows = json.loads(table[0].data)
+    assert [r["rendition"] for r in rows] == ["270p", "144p"]
+    assert all(r["psnr_db"] > 30 and r["ssim"] > 0.85 and r["cached_chunks"] == f"0/{result.chunks}" for r in rows)
+
+
+def test_poster_is_a_shot_start_not_black(finished):
+    _, result, out, _ = finished
+    thumbs = result.thumbnails
+    assert thumbs.poster_time >= 2.0  # after the black opening
+    poster = out / "thumbnails" / "poster.jpg"
+    top = result.renditions[0]
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=width,height", "-of",
+                                       "json", str(poster)], capture_output=True, text=True, check=True).stdout)
+    assert (probe["streams"][0]["width"], probe["streams"][0]["height"]) == (top.width, top.height)
+    assert brightness(poster) > 40
+
+
+def test_thumbnail_track_covers_the_video(finished):
+    _, result, out, _ = finished
+    thumbs = result.thumbnails
+    text = (out / "thumbnails" / "thumbnails.vtt").read_text()
+    assert text.startswith("WEBVTT")
+    cues = [block.splitlines() for block in text.strip().split("\n\n")[1:]]
+    assert len(cues) == thumbs.count
+    def seconds(clock: str) -> float:
+        h, m, s = clock.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    spans = [tuple(seconds(t) for t in cue[0].split(" --> ")) for cue in cues]
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert abs(spans[-1][1] - result.duration) < 1e-3
+    for (start, _), cue in zip(spans, cues):
+        name, _, region = cue[1].partition("#xywh=")
+        x, y, w, h = map(int, region.split(","))
+        assert (w, h) == (thumbs.width, thumbs.height)
+        sprite = out / "thumbnails" / name
+        assert sprite.exists()
+        if start >= 2.0:  # past the black opening every thumbnail shows a picture
+            assert brightness(sprite, f"{w}:{h}:{x}:{y}") > 40, cue
+
+
+def test_output_dir_has_everything(finished):
+    _, result, out, _ = finished
+    assert (out / "hls" / "master.m3u8").exists() and (out / "report.json").exists()
+    assert {p.name for p in (out / "thumbnails").iterdir()} >= {"poster.jpg", "thumbnails.vtt", "sprite_000.jpg"}
+
+
+def test_player_page_plays_from_storage(finished):
+    """The page the command prints: presigned from the private bucket, played in Chromium."""
+    from tests.browser import chromium_available, play
+    from transcoder.player import ROOT
+
+    reason = chromium_available()
+    if reason:
+        pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
+    _, result, out, _ = finished
+    assert result.player_url and "X-Amz-Signature=" in result.player_url
+    shot = ROOT / "test-artifacts" / "player-pipeline.png"
+    state = play(result.player_url, shot, switch_to=1)
+    assert state["ended"] and not state["errors"], state
+    assert [lvl["height"] for lvl in state["levels"]] == [144, 270]
+    assert state["switchedTo"][-1] == 1 and state["videoSize"] == [480, 270]
+    assert state["thumbnails"] == result.thumbnails.count
+    assert shot.stat().st_size > 10_000
+    # the folder copy has a page too, with relative links
+    assert "hls/master.m3u8" in (out / "player.html").read_text()
