@@ -29,7 +29,7 @@ from tasks.transcode import transcode_chunk
 from transcoder import keys
 from transcoder.errors import BadInputError
 from transcoder.storage import Storage
-from transcoder.ladder import parse_rungs
+from transcoder.ladder import check_codec, parse_rungs
 from transcoder.quality import rung_quality
 from transcoder.models import EncoderReport, EncoderSettings, Segment, TranscodeResult
 from transcoder.settings import get_settings
@@ -59,15 +59,20 @@ def transcode_video(
     crf: int | None = None,
     chunk_seconds: float | None = None,
     gop_seconds: float | None = None,
+    codec: str | None = None,
 ) -> TranscodeResult:
-    """Transcode SOURCE (a path, s3://bucket/key or http(s) URL) into an H.264/AAC ladder."""
+    """Transcode SOURCE (a path, s3://bucket/key or http(s) URL) into a ladder with AAC audio.
+
+    `codec` (h264, hevc, av1) applies to the rungs that name none: `1080p:av1,720p`
+    mixes codecs in one ladder.
+    """
     started = time.monotonic()
     settings = get_settings()
     logger = get_run_logger()
     results = get_bucket(settings)  # result records (cache) live in the same bucket, under {video_id}/cache/
     try:
         encoder = EncoderSettings(
-            codec=settings.codec,
+            codec=check_codec(codec or settings.codec),
             preset=preset or settings.preset,
             crf=settings.crf if crf is None else crf,
             threads=settings.x264_threads,
@@ -79,7 +84,7 @@ def transcode_video(
     for name, value in (("chunk seconds", chunk_seconds), ("GOP seconds", gop_seconds)):
         if value is not None and not 0.1 <= value <= 600:
             raise BadInputError(f"{name} must be between 0.1 and 600, not {value}")
-    rungs = parse_rungs(renditions)
+    rungs = parse_rungs(renditions, encoder.codec)
 
     src = ingest_source(source)
     probe = probe_source(src)
@@ -147,7 +152,9 @@ def transcode_video(
     audio = audio_future.result() if audio_future else None
     if audio and not storage.holds(audio.key, audio.sha256):
         audio = encode_audio.with_options(result_storage=results, refresh_cache=True)(plan, src, probe)
-    audio_hls = package_audio.with_options(result_storage=results).submit(plan, audio) if audio else None
+    streaming = settings.streaming_outputs
+    audio_hls = (package_audio.with_options(result_storage=results).submit(plan, audio)
+                 if audio and streaming else None)
     assemble = assemble_rendition.with_options(result_storage=results)
     assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]
     renditions_out = []
@@ -161,8 +168,8 @@ def transcode_video(
             rendition = export_rendition(rendition, output_dir)
         renditions_out.append(rendition)
         _progress(logger, "assemble", i + 1, len(assembled))
-    pictures = make_thumbnails.with_options(result_storage=results).submit(plan, renditions_out)
-    master = write_master(plan, renditions_out, audio_hls.result() if audio_hls else None)
+    pictures = make_thumbnails.with_options(result_storage=results).submit(plan, renditions_out) if streaming else None
+    master = write_master(plan, renditions_out, audio_hls.result() if audio_hls else None) if streaming else None
 
     result = TranscodeResult(
         video_id=src.video_id,
@@ -180,14 +187,15 @@ def transcode_video(
         report_key=keys.report(src.video_id),
         manifest_key=keys.manifest(src.video_id),
         hls_master_key=master,
-        thumbnails=pictures.result(),
+        thumbnails=pictures.result() if pictures else None,
         wall_seconds=round(time.monotonic() - started, 3),
     )
     publish_report(result, src, probe, plan)
     if output_dir:
         export_package(src.video_id, output_dir)
     # last: the page links to everything above
-    result = result.model_copy(update={"player_url": publish_player(src.video_id, _title(src.origin),
-                                                                    result.thumbnails, output_dir)})
+    if streaming:
+        result = result.model_copy(update={"player_url": publish_player(src.video_id, _title(src.origin),
+                                                                        result.thumbnails, output_dir)})
     cleanup(src.video_id)
     return result

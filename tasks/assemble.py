@@ -29,19 +29,20 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
     try:
         local_segments = []
         for seg in sorted(segments, key=lambda s: s.index):
-            path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}.ts")
+            path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}{Path(seg.key).suffix}")
             if sha256_file(path) != seg.sha256:
                 raise VerificationError(f"{rung.name} segment {seg.index:05d} in storage is not the one encoded "
                                         f"(sha256 differs): rerun to redo it")
             local_segments.append((seg, path))
         audio_path = storage.download(audio.key, scratch / "audio.m4a") if audio else None
         out = scratch / f"{plan.video_id}_{rung.name}.mp4"
-        assemble(plan, local_segments, audio_path, out, timeout=max(settings.ffmpeg_min_timeout, plan.duration * 2))
+        assemble(plan, local_segments, audio_path, out, timeout=max(settings.ffmpeg_min_timeout, plan.duration * 2),
+                 codec=rung.codec)
         checked = verify_rendition(out, plan, rung)
         sha = sha256_file(out)
         key = keys.encoded(plan.video_id, rung.name)
         storage.upload(out, key, metadata={"sha256": sha, "frames": str(checked.frames)}, content_type="video/mp4")
-        media = _package_hls(plan, rung, out, scratch / "hls", storage, settings)
+        media = _package_hls(plan, rung, out, scratch / "hls", storage, settings) if settings.streaming_outputs else None
         return Rendition(name=rung.name, key=key, path=None, width=checked.width, height=checked.height,
                          frames=checked.frames, duration=checked.duration, audio_duration=checked.audio_duration,
                          bitrate=checked.bitrate, size=checked.size, sha256=sha, hls=media)
@@ -53,7 +54,7 @@ def _package_hls(plan: Plan, rung: Rung, mp4: Path, out_dir: Path, storage: Stor
     """The rung's video as fMP4 HLS (stream copy) under `{video_id}/hls/{rung}/`."""
     hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, settings.segment_seconds)
     playlist = hls.package(mp4, out_dir, "v", hls_time, timeout=max(settings.ffmpeg_min_timeout, plan.duration))
-    media = hls.media_playlist(playlist, f"{rung.name}/index.m3u8", hls.avc1_codec(out_dir / "init.mp4"), target)
+    media = hls.media_playlist(playlist, f"{rung.name}/index.m3u8", hls.video_codec(out_dir / "init.mp4"), target)
     upload_tree(storage, hls.files_of(playlist), plan.video_id, rung.name)
     return media
 
@@ -84,7 +85,7 @@ def export_package(video_id: str, output_dir: str) -> str:
     (`DIR/hls/`, `DIR/thumbnails/`, `DIR/report.json`)."""
     storage = Storage()
     root = Path(output_dir).expanduser().resolve()
-    for prefix, folder in ((keys.hls(video_id), "hls"), (keys.thumbnails(video_id), "thumbnails")):
+    for prefix, folder in ((keys.hls(video_id), "hls"), (keys.thumbnails(video_id), "thumbnails")):  # may be empty
         for key in storage.list_keys(prefix):
             storage.download(key, root / folder / key[len(prefix):])
     storage.download(keys.report(video_id), root / "report.json")

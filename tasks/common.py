@@ -54,7 +54,8 @@ class AssembleCache(CachePolicy):
             "audio": inputs["audio"].sha256 if inputs.get("audio") else None,
             "frames": plan.total_frames,
             "fps": [plan.fps_num, plan.fps_den],
-            "hls_segment_seconds": get_settings().segment_seconds,  # the rung's HLS package is made here too
+            # the rung's HLS package is made here too
+            "hls_segment_seconds": get_settings().segment_seconds if get_settings().streaming_outputs else None,
         }
         return f"{plan.video_id}/cache/assemble-{rung.name}/{plan.profile_hash(rung)}/{stable_hash(parts)[:24]}/{encoder_version()}"
 

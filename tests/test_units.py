@@ -58,7 +58,17 @@ def test_rotation_and_non_square_pixels():
     assert names(rungs)[0] == ("576p", 768, 576)
 
 
-@pytest.mark.parametrize("bad", ["720", "abc", "5p", "99999p", "720p,x"])
+def test_ladder_may_mix_codecs():
+    rungs, skipped = build_ladder(video(1920, 1080), parse_rungs("1080p:av1,720p,720p:hevc,2160p:av1"))
+    assert [(r.name, r.codec, r.width) for r in rungs] == [
+        ("1080p-av1", "av1", 1920), ("720p", "h264", 1280), ("720p-hevc", "hevc", 1280)]
+    assert skipped == ("2160p-av1",)
+    rungs, _ = build_ladder(video(640, 360), None, codec="av1")
+    assert [r.name for r in rungs] == ["360p-av1"]
+    assert parse_rungs("480p", codec="hevc") == ((480, "hevc"),)
+
+
+@pytest.mark.parametrize("bad", ["720", "abc", "5p", "99999p", "720p,x", "720p:vp9", "720p:"])
 def test_bad_rendition_names_are_refused(bad):
     with pytest.raises(BadInputError):
         parse_rungs(bad)

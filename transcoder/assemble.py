@@ -18,7 +18,13 @@ def concat_list(segments: list[tuple[Segment, Path]], fps: Fraction) -> str:
     return "\n".join(lines) + "\n"
 
 
-def assemble_argv(list_file: Path, audio: Path | None, out: Path) -> list[str]:
+# HEVC in MP4 as `hvc1` (what Apple players and MSE ask for): parameter sets only in the
+# hvcC box. x265 repeats VPS/SPS/PPS (NAL types 32-34) at every chunk's IDR; the chunks
+# of a rung share them (one encoder configuration), so the in-band copies go.
+HEVC_MP4 = ["-tag:v", "hvc1", "-bsf:v", "filter_units=remove_types=32|33|34"]
+
+
+def assemble_argv(list_file: Path, audio: Path | None, out: Path, codec: str = "h264") -> list[str]:
     argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
             "-f", "concat", "-safe", "0", "-protocol_whitelist", "file", "-i", ffmpeg.file_url(list_file)]
     if audio is not None:
@@ -26,16 +32,18 @@ def assemble_argv(list_file: Path, audio: Path | None, out: Path) -> list[str]:
     argv += ["-map", "0:v:0"]
     if audio is not None:
         argv += ["-map", "1:a:0"]
-    argv += ["-c", "copy", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", ffmpeg.file_url(out)]
+    argv += ["-c", "copy", *(HEVC_MP4 if codec == "hevc" else []),
+             "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", ffmpeg.file_url(out)]
     return argv
 
 
-def assemble(plan: Plan, segments: list[tuple[Segment, Path]], audio: Path | None, out: Path, timeout: float) -> Path:
+def assemble(plan: Plan, segments: list[tuple[Segment, Path]], audio: Path | None, out: Path, timeout: float,
+             codec: str = "h264") -> Path:
     ordered = sorted(segments, key=lambda s: s[0].index)
     list_file = out.with_suffix(".ffconcat")
     list_file.write_text(concat_list(ordered, plan.fps))
     tmp = out.with_name(out.stem + ".part.mp4")
-    ffmpeg.run(assemble_argv(list_file, audio, tmp), timeout, f"assemble {out.name}")
+    ffmpeg.run(assemble_argv(list_file, audio, tmp, codec), timeout, f"assemble {out.name}")
     tmp.replace(out)
     list_file.unlink(missing_ok=True)
     return out

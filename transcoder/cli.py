@@ -24,12 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="transcode SOURCE (a path, s3://bucket/key or an http(s) URL)")
     run.add_argument("source")
-    run.add_argument("--renditions", help="comma-separated <height>p rungs, e.g. 1080p,720p,480p,360p "
-                                          "(default: those that do not upscale, plus the source's own size)")
-    run.add_argument("--output-dir", help="also copy the final MP4s to this folder")
+    run.add_argument("--renditions", help="comma-separated <height>p rungs, e.g. 1080p,720p,480p,360p, each with "
+                                          "an optional codec (1080p:av1); default: those that do not upscale, "
+                                          "plus the source's own size")
+    run.add_argument("--codec", choices=["h264", "hevc", "av1"],
+                     help="codec of the rungs that name none (default h264)")
+    run.add_argument("--output-dir", help="also copy the MP4s, the HLS package (DIR/hls/), poster and thumbnails, "
+                                          "report.json and a player page to this folder")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    run.add_argument("--preset", help="x264 preset (default: %(default)s from settings)")
-    run.add_argument("--crf", type=int, help="x264 CRF (default 23)")
+    run.add_argument("--preset", help="x264 preset name, mapped for x265 and SVT-AV1 (default veryfast)")
+    run.add_argument("--crf", type=int, help="CRF on x264's scale, mapped for x265 and SVT-AV1 (default 23)")
     run.add_argument("--chunk-seconds", type=float, help="target chunk length (default 8)")
     run.add_argument("--gop-seconds", type=float, help="keyframe interval, the same in every rung (default 2)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs and tracebacks")
@@ -131,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             crf=args.crf,
             chunk_seconds=args.chunk_seconds,
             gop_seconds=args.gop_seconds,
+            codec=args.codec,
         )
     except BadInputError as exc:
         progress.finish()

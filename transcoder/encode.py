@@ -51,6 +51,61 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> 
     return ";".join([f"[0:v:0]{head}"] + branches)
 
 
+# x264 preset names are the interface; x265 has the same names, SVT-AV1 numbers.
+SVT_PRESETS = {"ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 7, "slow": 6,
+               "slower": 5, "veryslow": 4, "placebo": 2}
+# Chunk files: MPEG-TS concatenates cleanly, but ffmpeg 5.1 cannot read AV1 back from
+# it; IVF carries AV1 with exact timestamps (Matroska jitters at the joints).
+SEGMENT_FORMAT = {"h264": ("mpegts", "ts"), "hevc": ("mpegts", "ts"), "av1": ("ivf", "ivf")}
+
+
+def crf_for(codec: str, crf: int) -> int:
+    """The user's CRF is on x264's scale; these match or beat x264's PSNR and SSIM at
+    CRF 18-28 (measured on 720p test patterns, docs/streaming.md)."""
+    if codec == "hevc":
+        return min(51, crf + 3)
+    if codec == "av1":
+        return max(1, min(63, round(40 + 1.6 * (crf - 23))))
+    return crf
+
+
+def video_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool = False) -> list[str]:
+    if rung.codec == "hevc":
+        return x265_args(rung, plan, chunk)
+    if rung.codec == "av1":
+        return svtav1_args(rung, plan)
+    return x264_args(rung, plan, chunk, measure)
+
+
+def _gop(plan: Plan) -> list[str]:
+    # Same keyframes in every rung, every `gop_frames`, from each chunk's start:
+    # chunks start on multiples of it, so the joints are shared keyframes.
+    return ["-g", str(plan.gop_frames), "-keyint_min", str(plan.gop_frames)]
+
+
+def x265_args(rung: Rung, plan: Plan, chunk: Chunk | None = None) -> list[str]:
+    enc, cap = plan.encoder, maxrate_kbps(rung, plan)
+    params = ["scenecut=0", "open-gop=0",  # closed GOPs: every chunk and HLS segment decodes alone
+              f"pools={enc.threads}", "frame-threads=1",  # x265 ignores -threads
+              "const-vbv=1",  # without it VBV with 2 threads is not bit-identical run to run (measured)
+              "log-level=error"]
+    if chunk is not None and chunk.index > 0:
+        params.append("vbv-init=0.5")  # see x264_args
+    return ["-c:v", "libx265", "-preset", enc.preset, "-crf", str(crf_for("hevc", enc.crf)),
+            "-maxrate", f"{cap}k", "-bufsize", f"{cap * 2}k", "-profile:v", "main", "-pix_fmt", enc.pix_fmt,
+            *_gop(plan), "-x265-params", ":".join(params)]
+
+
+def svtav1_args(rung: Rung, plan: Plan) -> list[str]:
+    enc, cap = plan.encoder, maxrate_kbps(rung, plan)
+    # -maxrate makes SVT-AV1 1.4 capped CRF; it ignores -bufsize and has no vbv-init.
+    # lp=1: capped CRF is bit-identical only with one thread (lp=2 varied run to run),
+    # and costs no throughput when chunks run side by side.
+    return ["-c:v", "libsvtav1", "-preset", str(SVT_PRESETS[enc.preset]), "-crf", str(crf_for("av1", enc.crf)),
+            "-maxrate", f"{cap}k", "-pix_fmt", enc.pix_fmt, "-g", str(plan.gop_frames),
+            "-svtav1-params", "scd=0:irefresh-type=2:lp=1"]
+
+
 def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool = False) -> list[str]:
     enc: EncoderSettings = plan.encoder
     cap = maxrate_kbps(rung, plan)
@@ -67,10 +122,7 @@ def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool 
         "-bufsize", f"{cap * 2}k",
         "-profile:v", enc.profile,
         "-pix_fmt", enc.pix_fmt,
-        # Same keyframes in every rung, every `gop_frames`, from each chunk's start:
-        # chunks start on multiples of it, so the joints are shared keyframes.
-        "-g", str(plan.gop_frames),
-        "-keyint_min", str(plan.gop_frames),
+        *_gop(plan),
         "-sc_threshold", "0",
         "-threads", str(enc.threads),
     ] + (["-flags", "+psnr", "-ssim", "1"] if measure else [])  # x264 reports PSNR/SSIM; same bitstream
@@ -89,8 +141,8 @@ def chunk_argv(
             "-filter_complex", video_filters(plan, rungs, chunk)]
     for i, (rung, path) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
-                 *x264_args(rung, plan, chunk, measure), "-an", "-sn", "-dn", "-map_metadata", "-1",
-                 "-f", "mpegts", ffmpeg.file_url(path)]
+                 *video_args(rung, plan, chunk, measure), "-an", "-sn", "-dn", "-map_metadata", "-1",
+                 "-f", SEGMENT_FORMAT[rung.codec][0], ffmpeg.file_url(path)]
     return argv
 
 

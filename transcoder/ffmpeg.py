@@ -68,6 +68,7 @@ def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProce
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: a timeout kills all of it
+        env={**os.environ, "SVT_LOG": "1"},  # SVT-AV1 logs info lines whatever -v says; 1: errors only
         text=True,
         errors="replace",
     )

@@ -2,13 +2,14 @@
 
 ffmpeg 5.1 writes the media playlists and segments well, but its master playlist omits
 CODECS and gets BANDWIDTH wrong, so the master is computed here from what was written:
-the exact avc1 profile/level from the init segment's avcC box, and the peak and average
+the exact codec profile/level from the init segment's configuration box, and the peak and average
 segment bit rates as RFC 8216 defines them.
 """
 
 from __future__ import annotations
 
 import re
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -86,14 +87,85 @@ def bitrates(playlist: Path, target: float) -> tuple[int, int]:
     return round(peak), round(8 * total_b / total_d) if total_d else 0
 
 
-def avc1_codec(init_segment: Path) -> str:
-    """`avc1.PPCCLL` from the avcC box: profile, constraint flags, level, as stored."""
+def video_codec(init_segment: Path) -> str:
+    """RFC 6381 CODECS value of the video in an init segment, from its sample entry:
+    `avc1.PPCCLL`, `hvc1.P.C.TLL.B...` (ISO/IEC 14496-15 E.3) or `av01.P.LLT.DD`."""
     data = init_segment.read_bytes()
-    at = data.find(b"avcC")
-    if at < 0 or len(data) < at + 8:
-        raise ValueError(f"{init_segment} has no avcC box")
-    profile, compat, level = data[at + 5], data[at + 6], data[at + 7]
-    return f"avc1.{profile:02x}{compat:02x}{level:02x}"
+    entry, config = _sample_entry(data)
+    if entry in (b"avc1", b"avc3"):
+        if len(config) < 4:
+            raise ValueError(f"{init_segment}: avcC too short")
+        return f"{entry.decode()}.{config[1]:02x}{config[2]:02x}{config[3]:02x}"
+    if entry in (b"hvc1", b"hev1"):
+        return _hevc_codec(entry, config)
+    return _av1_codec(entry, config)
+
+
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf", b"mvex", b"moof", b"traf"}
+_CONFIG_BOX = {b"avc1": b"avcC", b"avc3": b"avcC", b"hvc1": b"hvcC", b"hev1": b"hvcC", b"av01": b"av1C"}
+
+
+def _boxes(data: bytes, start: int, end: int):
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if size == 1:
+            if pos + 16 > end:
+                break
+            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            raise ValueError(f"truncated or corrupt box {kind!r} at {pos}")
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def _sample_entry(data: bytes) -> tuple[bytes, bytes]:
+    """(sample entry type, its codec configuration box) of the first video track: walks
+    moov/trak/.../stsd rather than searching bytes, which a payload could imitate."""
+    def walk(start: int, end: int):
+        for kind, body, stop in _boxes(data, start, end):
+            if kind in _CONTAINERS:
+                found = walk(body, stop)
+            elif kind == b"stsd":  # version/flags, entry count
+                found = walk(body + 8, stop)
+            elif kind in _CONFIG_BOX:  # visual sample entry: 78 bytes, then child boxes
+                found = next(((kind, data[cb:ce]) for child, cb, ce in _boxes(data, body + 78, stop)
+                              if child == _CONFIG_BOX[kind]), None)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    found = walk(0, len(data))
+    if not found:
+        raise ValueError("no avc1/hvc1/av01 sample entry with its configuration box")
+    return found
+
+
+def _hevc_codec(entry: bytes, c: bytes) -> str:
+    if len(c) < 13 or c[0] != 1:
+        raise ValueError("hvcC too short or not configurationVersion 1")
+    space, tier, profile = c[1] >> 6, (c[1] >> 5) & 1, c[1] & 0x1F
+    compat = int(f"{struct.unpack_from('>I', c, 2)[0]:032b}"[::-1], 2)  # bits in reverse order
+    constraints = list(c[6:12])
+    while constraints and constraints[-1] == 0:  # trailing zero bytes are left out
+        constraints.pop()
+    return ".".join([entry.decode(), ("", "A", "B", "C")[space] + str(profile), f"{compat:X}",
+                     ("L", "H")[tier] + str(c[12])] + [f"{b:02X}" for b in constraints])
+
+
+def _av1_codec(entry: bytes, c: bytes) -> str:
+    """The short form; the optional colour fields live in the sequence header, not av1C."""
+    if len(c) < 4 or c[0] != 0x81:  # marker 1, version 1
+        raise ValueError("av1C too short or not marker 1 / version 1")
+    profile, level = c[1] >> 5, c[1] & 0x1F
+    tier, high, twelve = c[2] >> 7, (c[2] >> 6) & 1, (c[2] >> 5) & 1
+    depth = (12 if twelve else 10) if (profile == 2 and high) else (10 if high else 8)
+    return f"{entry.decode()}.{profile}.{level:02d}{'MH'[tier]}.{depth:02d}"
 
 
 def media_playlist(playlist: Path, uri: str, codecs: str, target: float) -> HlsMedia:

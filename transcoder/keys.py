@@ -3,7 +3,7 @@
 {video_id}/source/source.<ext>
 {video_id}/chunks/...                                  (split intermediates; none by default)
 {video_id}/manifests/source.json
-{video_id}/outputs/{rung}/segments/{profile}-{encoder}/seg_00000-{chunk sha}.ts
+{video_id}/outputs/{rung}/segments/{profile}-{encoder}/seg_00000-{chunk sha}.ts (.ivf for AV1)
 {video_id}/outputs/audio/{profile}/audio.m4a
 {video_id}/cache/...                                   (Prefect result records)
 {video_id}/hls/master.m3u8, {rung}/index.m3u8, {rung}/init.mp4, {rung}/seg_00000.m4s, audio/...
@@ -28,10 +28,11 @@ def manifest(video_id: str) -> str:
     return f"{video_id}/manifests/source.json"
 
 
-def segment(video_id: str, rung: str, profile: str, encoder_version: str, index: int, chunk_sha: str) -> str:
+def segment(video_id: str, rung: str, profile: str, encoder_version: str, index: int, chunk_sha: str,
+            ext: str = "ts") -> str:
     # everything that decides the bytes is in the key: an object is never replaced by
     # different content (another chunking, another profile, another ffmpeg)
-    return f"{video_id}/outputs/{rung}/segments/{profile}-{encoder_version}/seg_{index:05d}-{chunk_sha[:16]}.ts"
+    return f"{video_id}/outputs/{rung}/segments/{profile}-{encoder_version}/seg_{index:05d}-{chunk_sha[:16]}.{ext}"
 
 
 def audio(video_id: str, profile: str) -> str:

@@ -15,26 +15,50 @@ from .models import Rung, VideoInfo
 
 DEFAULT_LADDER = (1080, 720, 480, 360)
 EARLIER_SYSTEM_LADDER = (720, 480, 320)  # `--renditions 720p,480p,320p`
-_RUNG = re.compile(r"^(\d{2,4})p$")
+CODECS = ("h264", "hevc", "av1")
+AV1_MIN_SIDE = 64  # SVT-AV1 refuses smaller pictures
+_RUNG = re.compile(r"^(\d{2,4})p(?::(\w+))?$")
+
+Wanted = tuple[int, str]  # (short side, codec)
 
 
-def parse_rungs(spec: str | list[str] | tuple[str, ...] | None) -> tuple[int, ...] | None:
-    """'1080p,720p' → (1080, 720); None or '' → None (the default ladder)."""
+def parse_rungs(spec: str | list[str] | tuple[str, ...] | None, codec: str = "h264") -> tuple[Wanted, ...] | None:
+    """'1080p:av1,720p' → ((1080, 'av1'), (720, codec)); None or '' → None (the default ladder).
+
+    A ladder may mix codecs, and hold one size in two codecs (`720p,720p:av1`).
+    """
+    check_codec(codec)
     if spec is None:
         return None
     items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
         return None
-    sizes = []
+    wanted = []
     for item in items:
         m = _RUNG.match(item)
         if not m or not 16 <= int(m.group(1)) <= 4320:
-            raise BadInputError(f"not a rendition: {item!r} (expected <height>p between 16p and 4320p, e.g. 720p)")
-        sizes.append(int(m.group(1)))
-    return tuple(sorted(set(sizes), reverse=True))
+            raise BadInputError(f"not a rendition: {item!r} (expected <height>p between 16p and 4320p, e.g. 720p, "
+                                f"optionally with a codec: 720p:av1)")
+        wanted.append((int(m.group(1)), check_codec(m.group(2) or codec)))
+    return tuple(sorted(set(wanted), key=_order))
 
 
-def build_ladder(video: VideoInfo, requested: tuple[int, ...] | None) -> tuple[tuple[Rung, ...], tuple[str, ...]]:
+def check_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise BadInputError(f"unknown codec {codec!r} (one of {', '.join(CODECS)})")
+    return codec
+
+
+def _order(w: Wanted) -> tuple[int, int]:
+    return (-w[0], CODECS.index(w[1]))
+
+
+def rung_name(n: int, codec: str) -> str:
+    return f"{n}p" if codec == "h264" else f"{n}p-{codec}"
+
+
+def build_ladder(video: VideoInfo, requested: tuple[Wanted, ...] | None,
+                 codec: str = "h264") -> tuple[tuple[Rung, ...], tuple[str, ...]]:
     """The rungs to make (largest first) and the requested ones skipped as upscales."""
     short = min(video.display_width, video.display_height)
     short_even = short - short % 2
@@ -42,23 +66,29 @@ def build_ladder(video: VideoInfo, requested: tuple[int, ...] | None) -> tuple[t
         sizes = [n for n in DEFAULT_LADDER if n <= short]
         if short_even < DEFAULT_LADDER[0] and short_even not in sizes:
             sizes.append(short_even)
-        skipped: list[int] = []
+        wanted = [(n, codec) for n in sizes]
+        skipped: list[Wanted] = []
     else:
-        sizes = [n for n in requested if n <= short]
-        skipped = [n for n in requested if n > short]
-        if not sizes:
-            sizes = [short_even]
-    sizes = sorted(set(sizes), reverse=True)
-    return tuple(rung_for(n, video) for n in sizes), tuple(f"{n}p" for n in skipped)
+        wanted = [w for w in requested if w[0] <= short]
+        skipped = [w for w in requested if w[0] > short]
+        if not wanted:
+            wanted = sorted({(short_even, c) for _, c in requested}, key=_order)
+    wanted = sorted(set(wanted), key=_order)
+    rungs = tuple(rung_for(n, video, c) for n, c in wanted)
+    for rung in rungs:
+        if rung.codec == "av1" and min(rung.width, rung.height) < AV1_MIN_SIDE:
+            raise BadInputError(f"{rung.name} would be {rung.width}x{rung.height}: SVT-AV1 needs at least "
+                                f"{AV1_MIN_SIDE} pixels each way")
+    return rungs, tuple(rung_name(n, c) for n, c in skipped)
 
 
-def rung_for(n: int, video: VideoInfo) -> Rung:
+def rung_for(n: int, video: VideoInfo, codec: str = "h264") -> Rung:
     dw, dh = video.display_width, video.display_height
     if dw >= dh:
         height, width = n, _even(Fraction(n * dw, dh))
     else:
         width, height = n, _even(Fraction(n * dh, dw))
-    return Rung(name=f"{n}p", width=_even(Fraction(width)), height=_even(Fraction(height)))
+    return Rung(name=rung_name(n, codec), width=_even(Fraction(width)), height=_even(Fraction(height)), codec=codec)
 
 
 def _even(x: Fraction) -> int:

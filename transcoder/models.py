@@ -84,7 +84,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 class EncoderSettings(Frozen):
-    codec: str = "libx264"
+    codec: Codec = "h264"  # of the rungs that name none
     preset: Literal[X264_PRESETS] = "veryfast"  # type: ignore[valid-type]
     crf: int = Field(23, ge=0, le=51)
     profile: str = "high"

@@ -20,7 +20,7 @@ def make_plan(
     source_sha256: str,
     probe: Probe,
     index: FrameIndex,
-    requested_rungs: tuple[int, ...] | None,
+    requested_rungs: tuple[tuple[int, str], ...] | None,
     encoder: EncoderSettings,
     gop_seconds: float,
     chunk_seconds: float,
@@ -31,7 +31,7 @@ def make_plan(
     # VFR output frames are not source frames, so its joints need not sit on GOP multiples
     step = 1 if vfr else gop
     bounds = _boundaries(n, step, max(1, round(chunk_seconds * rate)), index.keyframes)
-    rungs, skipped = build_ladder(probe.video, requested_rungs)
+    rungs, skipped = build_ladder(probe.video, requested_rungs, encoder.codec)
 
     t0 = index.seconds(0)
     frame_dur = 1 / rate  # the last frame lasts one frame of the output rate

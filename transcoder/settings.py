@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
-    codec: str = "libx264"
+    codec: str = "h264"  # h264 | hevc | av1, for rungs that name none (`720p:av1` does)
     preset: str = "veryfast"
     crf: int = Field(23, ge=0, le=51)
     x264_threads: int = Field(2, ge=0, le=64)
@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # one more decode of the source; off: the check only decodes the segments).
     quality_metrics: bool = True
 
+    # HLS package, poster, thumbnails and player page (off: the MP4s and report only).
+    streaming_outputs: bool = True
     # Lifetime of the player page's presigned links (SigV4 allows at most 7 days).
     player_link_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600)
 

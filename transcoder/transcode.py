@@ -17,7 +17,7 @@ from .verify import decoded_frames
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
     return keys.segment(plan.video_id, rung.name, plan.profile_hash(rung), ffmpeg.encoder_version(), chunk.index,
-                        chunk.sha256)
+                        chunk.sha256, encode.SEGMENT_FORMAT[rung.codec][1])
 
 
 def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Segment | None:
@@ -39,7 +39,7 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
     """One ffmpeg: decode the chunk once, write each rung; check each whole (frames,
     decoding, PSNR/SSIM), upload."""
     scratch.mkdir(parents=True, exist_ok=True)
-    outputs = [(r, scratch / f"{r.name}_{chunk.name}.ts") for r in rungs]
+    outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.SEGMENT_FORMAT[r.codec][1]}") for r in rungs]
     measure = settings.quality_metrics
     argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure)
     media_seconds = chunk.out_frames / float(plan.fps)
@@ -77,7 +77,8 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
             meta = {"sha256": sha, "frames": str(chunk.out_frames)}
             if quality is not None:
                 meta["quality"] = quality.model_dump_json()
-            storage.upload(path, key, metadata=meta, content_type="video/mp2t")
+            storage.upload(path, key, metadata=meta,
+                           content_type="video/mp2t" if path.suffix == ".ts" else "application/octet-stream")
             segments.append(Segment(rung=rung.name, index=chunk.index, key=key, frames=chunk.out_frames,
                                     size=path.stat().st_size, sha256=sha, quality=quality))
         return segments
