@@ -156,19 +156,36 @@ def transcode_video(
     audio_hls = (package_audio.with_options(result_storage=results).submit(plan, audio)
                  if audio and streaming else None)
     assemble = assemble_rendition.with_options(result_storage=results)
-    assembled = [assemble.submit(plan, rung, segments[rung.name], audio) for rung in plan.rungs]
+
+    done: dict[str, object] = {}
+
+    def assembled(rung):
+        if rung.name not in done:
+            rendition = futures_by_rung[rung.name].result()
+            if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
+                rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
+            done[rung.name] = rendition
+        return done[rung.name]
+
+    # Smallest and largest rung first: the thumbnails need them, and then run beside
+    # the other rungs' assembly (light work: stream copies and transfers).
+    by_area = sorted(plan.rungs, key=lambda r: r.width * r.height)
+    first_two = [by_area[0]] + ([by_area[-1]] if len(by_area) > 1 else [])
+    futures_by_rung = {r.name: assemble.submit(plan, r, segments[r.name], audio) for r in first_two}
+    pictures = None
+    if streaming:
+        small, top = assembled(by_area[0]), assembled(by_area[-1])
+        pictures = make_thumbnails.with_options(result_storage=results).submit(plan, small, top)
+    futures_by_rung.update({r.name: assemble.submit(plan, r, segments[r.name], audio)
+                            for r in by_area[1:-1]})
     renditions_out = []
-    for i, (rung, future) in enumerate(zip(plan.rungs, assembled)):
-        rendition = future.result()
-        if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
-            rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
-        rendition = rendition.model_copy(update={"quality": rung_quality(segments[rung.name]),
-                                                 "cached_chunks": cached_by_rung[rung.name]})
+    for i, rung in enumerate(plan.rungs):
+        rendition = assembled(rung).model_copy(update={"quality": rung_quality(segments[rung.name]),
+                                                       "cached_chunks": cached_by_rung[rung.name]})
         if output_dir:
             rendition = export_rendition(rendition, output_dir)
         renditions_out.append(rendition)
-        _progress(logger, "assemble", i + 1, len(assembled))
-    pictures = make_thumbnails.with_options(result_storage=results).submit(plan, renditions_out) if streaming else None
+        _progress(logger, "assemble", i + 1, len(plan.rungs))
     master = write_master(plan, renditions_out, audio_hls.result() if audio_hls else None) if streaming else None
 
     result = TranscodeResult(

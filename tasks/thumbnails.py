@@ -21,18 +21,16 @@ class ThumbnailsCache(CachePolicy):
     """Pictures are a pure function of the renditions they are cut from."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
-        parts = {"renditions": sorted(r.sha256 for r in inputs["renditions"]), "version": 1}
+        parts = {"renditions": [inputs["small"].sha256, inputs["top"].sha256], "version": 1}
         return f"{inputs['plan'].video_id}/cache/thumbnails/{stable_hash(parts)[:24]}"
 
 
 @task(name="thumbnails", retries=2, retry_condition_fn=retry_transient, cache_policy=ThumbnailsCache(),
       persist_result=True)
-def make_thumbnails(plan: Plan, renditions: list[Rendition]) -> Thumbnails:
+def make_thumbnails(plan: Plan, small: Rendition, top: Rendition) -> Thumbnails:
     """Poster from the top rung, thumbnail sprites + WebVTT from the smallest one."""
     settings = get_settings()
     storage = Storage()
-    small = min(renditions, key=lambda r: r.width * r.height)
-    top = max(renditions, key=lambda r: r.width * r.height)
     fps = float(plan.fps)
     timeout = max(settings.ffmpeg_min_timeout, plan.duration * 2)
     scratch = scratch_dir(settings, plan.video_id, "thumbnails")

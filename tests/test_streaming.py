@@ -116,3 +116,18 @@ def test_player_page_plays_from_storage(finished):
     assert shot.stat().st_size > 10_000
     # the folder copy has a page too, with relative links
     assert "hls/master.m3u8" in (out / "player.html").read_text()
+
+
+def test_streaming_outputs_and_quality_can_be_switched_off(engine, media, monkeypatch):
+    from flows.transcode import transcode_video
+    from transcoder.settings import reload_settings
+
+    monkeypatch.setenv("TRANSCODE_STREAMING_OUTPUTS", "false")
+    monkeypatch.setenv("TRANSCODE_QUALITY_METRICS", "false")
+    reload_settings()
+    result = transcode_video(str(media("standard", seconds=4)), renditions="144p", **SETTINGS)
+    assert result.hls_master_key is None and result.thumbnails is None and result.player_url is None
+    assert result.renditions[0].quality is None and result.renditions[0].hls is None
+    stored = engine.keys(result.video_id)
+    assert not [k for k in stored if "/hls/" in k or "/thumbnails/" in k or k.endswith("player.html")]
+    assert result.report_key in stored

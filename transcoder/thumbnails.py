@@ -44,16 +44,20 @@ class FrameStats:
         return (self.luma_high - self.luma_low) + self.saturation
 
 
-def remote_input(url: str) -> list[str]:
-    """Input options for one of our own renditions read over http(s) (a presigned URL)."""
-    return ["-protocol_whitelist", "http,https,tcp,tls", "-i", url]
+def remote_input(url: str, rough: bool = False) -> list[str]:
+    """Input options for one of our own renditions read over http(s) (a presigned URL).
+
+    `rough`: skip the deblocking filter (about 20% less decoding), for pictures that are
+    only scored or shrunk to thumbnails, where it makes no visible difference.
+    """
+    return (["-skip_loop_filter", "all"] if rough else []) + ["-protocol_whitelist", "http,https,tcp,tls", "-i", url]
 
 
 def scan_argv(url: str, stats_file: Path) -> list[str]:
     graph = (f"scale={THUMB_BOX}:-2,select='gte(scene\\,0)',signalstats,"
              f"metadata=mode=print:file={stats_file.resolve()}")
-    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *remote_input(url), "-map", "0:v:0",
-            "-vf", graph, "-f", "null", "-"]
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", *remote_input(url, rough=True),
+            "-map", "0:v:0", "-vf", graph, "-f", "null", "-"]
 
 
 def parse_scan(text: str) -> list[FrameStats]:
@@ -131,8 +135,8 @@ def sprite_argv(url: str, frame_numbers: list[int], size: tuple[int, int], out_p
     chosen = "+".join(f"eq(n\\,{n})" for n in frame_numbers)
     graph = (f"select='{chosen}',scale={size[0]}:{size[1]}:flags=bicubic,setsar=1,"
              f"tile={SPRITE_COLUMNS}x{SPRITE_ROWS}")
-    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", *remote_input(url), "-map", "0:v:0",
-            "-vf", graph, "-fps_mode", "passthrough", "-q:v", "4", "-f", "image2", str(out_pattern)]
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", *remote_input(url, rough=True),
+            "-map", "0:v:0", "-vf", graph, "-fps_mode", "passthrough", "-q:v", "4", "-f", "image2", str(out_pattern)]
 
 
 def poster_argv(url: str, time: float, fps: float, out: Path) -> list[str]:
