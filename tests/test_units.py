@@ -223,3 +223,84 @@ def test_source_hash_is_remembered_until_the_file_changes(tmp_path):
     assert len(list((tmp_path / "data" / "hash-cache").iterdir())) == 1
     f.write_bytes(b"b" * 1000)  # same size, rewritten in place
     assert sha256_local(f, settings) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+X264_LOG = """[libx264 @ 0x55aa00000001] [info] profile High, level 3.0, 4:2:0, 8-bit
+[libx264 @ 0x55aa00000002] [info] profile High, level 2.1, 4:2:0, 8-bit
+[libx264 @ 0x55aa00000001] [info] frame I:2     Avg QP:14.86  size: 13430  PSNR Mean Y:46.65 U:46.30 V:46.07 Avg:46.45 Global:46.26
+[libx264 @ 0x55aa00000001] [info] SSIM Mean Y:0.8917125 ( 9.654db)
+[libx264 @ 0x55aa00000001] [info] PSNR Mean Y:38.730 U:38.145 V:38.013 Avg:38.478 Global:36.555 kb/s:1086.61
+[libx264 @ 0x55aa00000002] [info] frame P:43    Avg QP:23.36  size:  1797  PSNR Mean Y:40.41 U:39.09 V:38.80 Avg:39.84 Global:39.40
+[libx264 @ 0x55aa00000002] [info] SSIM Mean Y:0.9461478 (12.688db)
+[libx264 @ 0x55aa00000002] [info] PSNR Mean Y:39.643 U:38.576 V:38.225 Avg:39.159 Global:38.828 kb/s:211.49
+"""
+
+
+def test_x264_summaries_are_read_in_output_order_and_add_up():
+    from transcoder.quality import x264_stats
+
+    first, second = x264_stats(X264_LOG, frames=150)
+    assert first.summary() == {"psnr_db": 36.555, "ssim": 0.89171, "frames": 150, "method": "x264"}
+    assert second.summary()["psnr_db"] == 38.828 and second.summary()["ssim"] == 0.94615
+    both = first + first
+    assert both.summary() == {**first.summary(), "frames": 300}
+
+
+def _box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def _init_segment(entry: bytes, config_kind: bytes, config: bytes) -> bytes:
+    sample_entry = _box(entry, bytes(78) + _box(config_kind, config))
+    stsd = _box(b"stsd", bytes(4) + (1).to_bytes(4, "big") + sample_entry)
+    tree = stsd
+    for kind in (b"stbl", b"minf", b"mdia", b"trak", b"moov"):
+        tree = _box(kind, tree)
+    return _box(b"ftyp", b"iso6") + tree
+
+
+@pytest.mark.parametrize("entry,kind,config,expected", [
+    (b"avc1", b"avcC", bytes([1, 0x64, 0x00, 0x1F, 0xFF]), "avc1.64001f"),
+    # ISO/IEC 14496-15 E.3 examples: Main, level 3.1, progressive+frame-only constraint
+    (b"hvc1", b"hvcC", bytes([1, 0x01, 0x60, 0, 0, 0, 0xB0, 0, 0, 0, 0, 0, 93]), "hvc1.1.6.L93.B0"),
+    # profile space 1 (A), high tier, Main 4:4:4 (4); compatibility bits reversed: 0x82000000 -> 41
+    (b"hev1", b"hvcC", bytes([1, 0x64, 0x82, 0, 0, 0, 0xB0, 0x23, 0, 0, 0, 0, 120]), "hev1.A4.41.H120.B0.23"),
+    # AV1-ISOBMFF: Main profile, level 5.1 (13), 10-bit; Main level 3.1 (05) 8-bit
+    (b"av01", b"av1C", bytes([0x81, 0x0D, 0x40, 0]), "av01.0.13M.10"),
+    (b"av01", b"av1C", bytes([0x81, 0x05, 0x00, 0]), "av01.0.05M.08"),
+])
+def test_codecs_string_from_the_sample_entry(tmp_path, entry, kind, config, expected):
+    from transcoder.hls import video_codec
+
+    path = tmp_path / "init.mp4"
+    path.write_bytes(_init_segment(entry, kind, config))
+    assert video_codec(path) == expected
+
+
+def _frames(fps=25, seconds=10, cut_at=(3.0, 7.0), black_until=2.0):
+    from transcoder.thumbnails import FrameStats
+
+    out = []
+    for n in range(int(fps * seconds)):
+        t = n / fps
+        black = t < black_until
+        cut = any(abs(t - c) < 1e-9 for c in cut_at)
+        out.append(FrameStats(n=n, time=t, scene=0.9 if cut else 0.01, luma_avg=16 if black else 120,
+                              luma_low=16 if black else 30, luma_high=17 if black else 200 + (n % 7),
+                              saturation=0 if black else 60 + (30 if t >= 7 else 0)))
+    return out
+
+
+def test_thumbnails_prefer_shot_starts_and_skip_blank_frames():
+    from transcoder.thumbnails import pick_poster, pick_thumbnails, vtt
+
+    frames = _frames()
+    picks = pick_thumbnails(frames, 25.0, 10.0)
+    assert [(lo, hi) for lo, hi, _ in picks] == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10.0)]
+    # 2-4 s holds the cut at 3 s: its settled frame (0.4 s in); 6-8 s the cut at 7 s
+    assert picks[1][2].time == pytest.approx(3.4) and picks[3][2].time == pytest.approx(7.4)
+    assert not any(f.blank for _, _, f in picks[1:])  # the black opening is all the first interval has
+    poster = pick_poster(frames, 25.0, 10.0)
+    assert not poster.blank and poster.time == pytest.approx(3.4)  # shot starts in the first half only
+    text = vtt(picks, (160, 90), lambda i: f"sprite_{i:03d}.jpg")
+    assert "00:00:08.000 --> 00:00:10.000\nsprite_000.jpg#xywh=640,0,160,90" in text

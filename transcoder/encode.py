@@ -59,6 +59,10 @@ SVT_PRESETS = {"ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "f
 SEGMENT_FORMAT = {"h264": ("mpegts", "ts"), "hevc": ("mpegts", "ts"), "av1": ("ivf", "ivf")}
 
 
+def segment_ext(rung: Rung) -> str:
+    return SEGMENT_FORMAT[rung.codec][1]
+
+
 def crf_for(codec: str, crf: int) -> int:
     """The user's CRF is on x264's scale; these match or beat x264's PSNR and SSIM at
     CRF 18-28 (measured on 720p test patterns, docs/streaming.md)."""

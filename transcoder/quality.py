@@ -115,6 +115,22 @@ def measure_chunk(source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Ru
     return results
 
 
+def measure_outputs(encode_log: str, source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
+                    scratch: Path, max_pixels: int, timeout: float) -> list[Quality]:
+    """Per output of one chunk encode, in order: x264's own figures for H.264 rungs (from
+    the encode's log), a comparison by a second ffmpeg for the others."""
+    x264 = iter(x264_stats(encode_log, chunk.out_frames))
+    others = [(rung, path) for rung, path in outputs if rung.codec != "h264"]
+    compared = iter(measure_chunk(source, plan, chunk, others, scratch, max_pixels, timeout) if others else [])
+    figures = []
+    for rung, _ in outputs:
+        quality = next(x264 if rung.codec == "h264" else compared, None)
+        if quality is None:
+            raise VerificationError(f"chunk {chunk.name}: no quality figures for {rung.name}")
+        figures.append(quality)
+    return figures
+
+
 def rung_quality(segments: list) -> dict[str, float] | None:
     """The rung's summary over all its chunks; None unless every chunk was measured."""
     measured = [s.quality for s in segments]

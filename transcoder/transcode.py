@@ -9,7 +9,7 @@ from . import encode, ffmpeg, keys
 from .errors import VerificationError
 from .ingest import sha256_file
 from .models import Chunk, Plan, Quality, Rung, Segment
-from .quality import measure_chunk, x264_stats
+from .quality import measure_outputs
 from .settings import Settings
 from .storage import Storage
 from .verify import decoded_frames
@@ -17,7 +17,7 @@ from .verify import decoded_frames
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
     return keys.segment(plan.video_id, rung.name, plan.profile_hash(rung), ffmpeg.encoder_version(), chunk.index,
-                        chunk.sha256, encode.SEGMENT_FORMAT[rung.codec][1])
+                        chunk.sha256, encode.segment_ext(rung))
 
 
 def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Segment | None:
@@ -39,29 +39,16 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
     """One ffmpeg: decode the chunk once, write each rung; check each whole (frames,
     decoding, PSNR/SSIM), upload."""
     scratch.mkdir(parents=True, exist_ok=True)
-    outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.SEGMENT_FORMAT[r.codec][1]}") for r in rungs]
+    outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.segment_ext(r)}") for r in rungs]
     measure = settings.quality_metrics
     argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure)
     media_seconds = chunk.out_frames / float(plan.fps)
     timeout = max(settings.ffmpeg_min_timeout, settings.ffmpeg_timeout_per_media_second * media_seconds)
     try:
         proc = ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r in rungs)})")
-        qualities: list[Quality | None] = [None] * len(outputs)
-        if measure:
-            # x264 measured its own outputs; the others are compared by a second ffmpeg,
-            # which decodes them whole (their decode check)
-            stats = iter(x264_stats(proc.stderr, chunk.out_frames))
-            others = [i for i, (r, _) in enumerate(outputs) if r.codec != "h264"]
-            for i, (rung, _) in enumerate(outputs):
-                if rung.codec == "h264":
-                    qualities[i] = next(stats, None)
-                    if qualities[i] is None:
-                        raise VerificationError(f"chunk {chunk.name}: x264 printed no statistics for {rung.name}")
-            if others:
-                measured = measure_chunk(source, plan, chunk, [outputs[i] for i in others], scratch,
-                                         settings.max_dimension**2, timeout)
-                for i, quality in zip(others, measured):
-                    qualities[i] = quality
+        qualities: list[Quality | None] = (
+            list(measure_outputs(proc.stderr, source, plan, chunk, outputs, scratch, settings.max_dimension**2,
+                                 timeout)) if measure else [None] * len(outputs))
         for (rung, path), quality in zip(outputs, qualities):
             if quality is not None and quality.method == "ffmpeg":
                 continue  # decoded whole by the comparison
