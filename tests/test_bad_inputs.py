@@ -97,7 +97,7 @@ def test_cli_json_output_and_output_dir(engine, media, tmp_path, cli_env):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert {"video_id", "chunks", "transcoded", "cached", "renditions", "encoder"} <= set(data)
-    assert data["encoder"]["codec"] == "libx264" and data["encoder"]["gop_frames"] == 25
+    assert data["encoder"]["codec"] == "h264" and data["encoder"]["gop_frames"] == 25
     assert {"codec", "preset", "crf", "gop_frames"} <= set(data["encoder"])
     assert data["transcoded"] + data["cached"] == data["chunks"] * 2
     for r in data["renditions"]:
