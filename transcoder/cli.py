@@ -19,7 +19,7 @@ from .settings import get_settings
 UI = "http://127.0.0.1:{port}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transcode", description="Chunked, cached video transcoding on Prefect 3.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="transcode SOURCE (a path, s3://bucket/key or an http(s) URL)")
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show whether the local stack is running")
     demo = sub.add_parser("demo", help="generate a sample video and transcode it into a ladder")
     demo.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     try:
         if args.command == "up":
@@ -103,9 +107,9 @@ def _demo(verbose: bool) -> int:
         print(f"generating a 20 s 1080p sample video with ffmpeg: {sample}", file=sys.stderr)
     make_sample("standard", sample, seconds=20, width=1920, height=1080, fps="25")
     out = settings.data_dir / "demo-output"
-    return _run(argparse.Namespace(source=str(sample), renditions=None, output_dir=str(out), json=False,
-                                   preset=None, crf=None, chunk_seconds=None, gop_seconds=None,
-                                   verbose=verbose))
+    # the run command's own parser, so the demo gets every option's default
+    return _run(build_parser().parse_args(["run", str(sample), "--output-dir", str(out)]
+                                          + (["--verbose"] if verbose else [])))
 
 
 def _run(args: argparse.Namespace) -> int:
