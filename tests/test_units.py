@@ -304,3 +304,11 @@ def test_thumbnails_prefer_shot_starts_and_skip_blank_frames():
     assert not poster.blank and poster.time == pytest.approx(3.4)  # shot starts in the first half only
     text = vtt(picks, (160, 90), lambda i: f"sprite_{i:03d}.jpg")
     assert "00:00:08.000 --> 00:00:10.000\nsprite_000.jpg#xywh=640,0,160,90" in text
+
+
+def test_demo_gets_every_run_option():
+    from transcoder.cli import build_parser
+
+    run = vars(build_parser().parse_args(["run", "x.mp4"]))
+    demo_like = vars(build_parser().parse_args(["run", "x.mp4", "--output-dir", "out", "--verbose"]))
+    assert set(run) == set(demo_like) and {"codec", "renditions", "crf", "preset"} <= set(run)
