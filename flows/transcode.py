@@ -164,7 +164,7 @@ def transcode_video(
             rendition = futures_by_rung[rung.name].result()
             if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
                 rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
-            done[rung.name] = rendition
+            done[rung.name] = rendition.model_copy(update={"ready_seconds": round(time.monotonic() - started, 3)})
         return done[rung.name]
 
     # Smallest and largest rung first: the thumbnails need them, and then run beside

@@ -131,3 +131,9 @@ def test_streaming_outputs_and_quality_can_be_switched_off(engine, media, monkey
     stored = engine.keys(result.video_id)
     assert not [k for k in stored if "/hls/" in k or "/thumbnails/" in k or k.endswith("player.html")]
     assert result.report_key in stored
+
+
+def test_smallest_rung_is_published_first(finished):
+    _, result, _, _ = finished
+    ready = {r.name: r.ready_seconds for r in result.renditions}
+    assert ready["144p"] <= ready["270p"] < result.wall_seconds, ready

@@ -240,6 +240,7 @@ class Rendition(Frozen):
     hls: HlsMedia | None = None
     quality: dict | None = None  # Quality.summary() of every frame; None if any chunk lacks it
     cached_chunks: int = 0  # of this rung's chunks, answered from the cache in this run
+    ready_seconds: float | None = None  # from the run's start until this MP4 was published
 
 
 class Thumbnails(Frozen):
