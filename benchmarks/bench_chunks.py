@@ -10,14 +10,14 @@ default length. Writes OUT/results-chunks.json. Loopback traffic only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import LADDER, REPO, TRANSCODE, make_input, measure, stack_pids, unique_copy  # noqa: E402
+from bench_core import (LADDER, TRANSCODE, input_args, make_input, measure, out_dir,  # noqa: E402
+                        stack_pids, unique_copy)
 
 DEFAULT = 8.0
 
@@ -33,14 +33,10 @@ def one_length(seconds: float, base: Path, out: Path, pids: list[int]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--height", type=int, default=1080)
+    parser = input_args(__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="2,4,8,16,32")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = parser.parse_args()
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     base = make_input(out, args.seconds, args.height)
     pids = stack_pids()
     lengths = [float(x) for x in args.lengths.split(",")]

@@ -235,14 +235,24 @@ def print_table(r: dict) -> None:
           f"rerun <= {TARGETS['rerun_ratio']:.0%} of cold")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def input_args(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark shares: the generated input and the output folder."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
-    args = parser.parse_args()
+    return parser
+
+
+def out_dir(args: argparse.Namespace) -> Path:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def main() -> None:
+    args = input_args(__doc__.splitlines()[0]).parse_args()
+    out = out_dir(args)
     started = time.perf_counter()
 
     base = make_input(out, args.seconds, args.height)

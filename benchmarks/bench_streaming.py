@@ -13,7 +13,6 @@ OUT/results-streaming.json. Loopback traffic only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import REPO, make_input, run_engine, stack_pids, unique_copy  # noqa: E402
+from bench_core import input_args, make_input, out_dir, run_engine, stack_pids, unique_copy  # noqa: E402
 
 CORE_ENV = {"TRANSCODE_STREAMING_OUTPUTS": "false", "TRANSCODE_QUALITY_METRICS": "false"}
 TARGET = 1.10  # the streaming extras may add at most 10% to the core's wall time
@@ -47,14 +46,10 @@ def one_run(mode: str, base: Path, out: Path, pids: list[int]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--height", type=int, default=1080)
+    parser = input_args(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out")
     args = parser.parse_args()
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(args)
     base = make_input(out, args.seconds, args.height)
     pids = stack_pids()
     runs = []
