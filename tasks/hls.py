@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 
 from prefect import task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
@@ -38,12 +36,6 @@ def package_audio(plan: Plan, audio: AudioTrack) -> HlsMedia:
 def write_master(plan: Plan, renditions: list[Rendition], audio: HlsMedia | None) -> str:
     """The master playlist, written last: an HLS package is complete once it exists."""
     variants = [(r.hls, r.width, r.height, plan.fps) for r in renditions if r.hls is not None]
-    text = hls.master_playlist(variants, audio)
-    with tempfile.NamedTemporaryFile("w", suffix=".m3u8", delete=False) as f:
-        f.write(text)
     key = keys.hls(plan.video_id, "master.m3u8")
-    try:
-        Storage().upload(f.name, key, content_type=hls.CONTENT_TYPES[".m3u8"])
-    finally:
-        os.unlink(f.name)
+    Storage().put_text(key, hls.master_playlist(variants, audio), hls.CONTENT_TYPES[".m3u8"])
     return key

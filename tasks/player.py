@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from prefect import task
@@ -44,13 +42,8 @@ def publish_player(video_id: str, title: str, thumbnails: Thumbnails | None, out
     settings = get_settings()
     storage = Storage()
     expires = settings.player_link_seconds
-    html = player.render(player_config(video_id, title, thumbnails, storage, expires))
-    with tempfile.NamedTemporaryFile("w", suffix=".html", delete=False, encoding="utf-8") as f:
-        f.write(html)
-    try:
-        storage.upload(Path(f.name), keys.player(video_id), content_type="text/html; charset=utf-8")
-    finally:
-        os.unlink(f.name)
+    storage.put_text(keys.player(video_id), player.render(player_config(video_id, title, thumbnails, storage, expires)),
+                     "text/html; charset=utf-8")
     if output_dir:
         local = Path(output_dir).expanduser().resolve() / "player.html"
         local.write_text(player.render(player_config(video_id, title, thumbnails, None)), encoding="utf-8")

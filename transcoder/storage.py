@@ -116,9 +116,12 @@ class Storage:
         return bool(found) and found["metadata"].get("sha256") == sha256 and size in (None, found["size"])
 
     def put_json(self, key: str, value: Any) -> None:
-        body = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+        self.put_text(key, json.dumps(value, indent=2, sort_keys=True, default=str), "application/json")
+
+    def put_text(self, key: str, text: str, content_type: str) -> None:
+        """A small object written from memory (a playlist, a page, a report)."""
         try:
-            self.client.put_object(Bucket=self.name, Key=key, Body=body, ContentType="application/json")
+            self.client.put_object(Bucket=self.name, Key=key, Body=text.encode(), ContentType=content_type)
         except Exception as exc:
             raise RetryableError(f"write of {key} failed: {exc}") from exc
 
