@@ -32,7 +32,7 @@ def player_config(video_id: str, title: str, thumbnails: Thumbnails | None, stor
 
 
 @task(name="player-page", retries=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def publish_player(video_id: str, title: str, thumbnails: Thumbnails | None, output_dir: str | None = None) -> str:
+def publish_player(video_id: str, title: str, thumbnails: Thumbnails | None) -> str:
     """The player page in storage, next to the package; returns its presigned address.
 
     Its links are presigned too, so the page works for as long as they do
@@ -44,7 +44,12 @@ def publish_player(video_id: str, title: str, thumbnails: Thumbnails | None, out
     expires = settings.player_link_seconds
     storage.put_text(keys.player(video_id), player.render(player_config(video_id, title, thumbnails, storage, expires)),
                      "text/html; charset=utf-8")
-    if output_dir:
-        local = Path(output_dir).expanduser().resolve() / "player.html"
-        local.write_text(player.render(player_config(video_id, title, thumbnails, None)), encoding="utf-8")
     return storage.presigned_url(keys.player(video_id), expires)
+
+
+@task(name="export-player", cache_policy=NO_CACHE)
+def export_player(video_id: str, title: str, thumbnails: Thumbnails | None, output_dir: str) -> str:
+    """`DIR/player.html` beside a folder copy (`--output-dir`): relative links, no expiry."""
+    local = Path(output_dir).expanduser().resolve() / "player.html"
+    local.write_text(player.render(player_config(video_id, title, thumbnails, None)), encoding="utf-8")
+    return str(local)

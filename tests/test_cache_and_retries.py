@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import (
     ArtifactCollectionFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
 )
 
 CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
@@ -44,9 +45,13 @@ class FFmpegKiller(threading.Thread):
 
 
 def task_runs(flow_run_id) -> dict[str, int]:
+    """Task runs of a flow run and of its stage subflows, by name."""
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {r.name: r.run_count for r in runs}
+        stages = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id] + [run.id for run in stages]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {r.name: r.run_count for r in runs if r.name.startswith(("transcode-", "audio", "assemble"))}
 
 
 def test_rerun_is_all_cache_hits_and_identical(engine, media):

@@ -11,6 +11,8 @@
 {video_id}/player.html
 {video_id}/report.json
 encoded/{video_id}_{rung}.mp4
+requests/{request_id}.json                             (ingest API request -> video id, flow run)
+uploads/{request_id}/source.<ext>                      (uploads through the ingest API)
 """
 
 from __future__ import annotations
@@ -67,3 +69,11 @@ def thumbnails(video_id: str, name: str = "") -> str:
 
 def player(video_id: str) -> str:
     return f"{video_id}/player.html"
+
+
+def request(request_id: str) -> str:
+    return f"requests/{request_id}.json"
+
+
+def upload(request_id: str, ext: str) -> str:
+    return f"uploads/{request_id}/source.{ext}"

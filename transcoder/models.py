@@ -266,6 +266,14 @@ class EncoderReport(Frozen):
     audio_bitrate_kbps: int
 
 
+class BatchResult(Frozen):
+    """What one transcode batch hands back to the parent: small values, no media."""
+
+    segments: tuple[Segment, ...]
+    cached: tuple[str, ...] = ()  # "rung/chunk index" of the tasks answered from the cache
+    audio: AudioTrack | None = None
+
+
 class TranscodeResult(Frozen):
     video_id: str
     source_key: str

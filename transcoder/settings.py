@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     segment_seconds: float = Field(4.0, gt=0.1, le=60)
     chunk_seconds: float = Field(8.0, gt=0.1, le=600)
     max_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # Fan-out across workers (mode "deployments"): chunks per transcode batch (one flow
+    # run on one worker, every rung of each chunk; a run costs a process/container start).
+    batch_chunks: int = Field(4, ge=1)
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
     codec: str = "h264"  # h264 | hevc | av1, for rungs that name none (`720p:av1` does)
@@ -64,6 +67,11 @@ class Settings(BaseSettings):
     max_frames: int = 2_000_000
     allow_private_urls: bool = False
     url_socket_timeout: float = 20.0
+
+    @property
+    def results_block(self) -> str:
+        """S3Bucket block (same bucket, folder prefect-results/) for stage flows' results."""
+        return f"{self.storage_block}-results"
 
     @property
     def work_dir(self) -> Path:

@@ -24,6 +24,7 @@ from .settings import Settings
 
 PREFECT_PORT = int(os.environ.get("TRANSCODE_PREFECT_PORT", "4200"))
 CREDENTIALS_BLOCK = "transcode-s3-credentials"
+RESULTS_FOLDER = "prefect-results"
 WEED_PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                    "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
                    "admin.port.grpc")
@@ -157,12 +158,16 @@ def save_blocks(endpoint: str, access_key: str, secret_key: str, settings: Setti
 
     from .storage import CLIENT_CONFIG
 
-    creds = AwsCredentials(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+    # no keys (AWS with an instance or task role): boto3 finds the role's credentials
+    creds = AwsCredentials(aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None,
                            region_name=settings.s3_region,
                            aws_client_parameters=AwsClientParameters(endpoint_url=endpoint, config=CLIENT_CONFIG))
     creds.save(CREDENTIALS_BLOCK if settings.storage_block == "transcode-storage"
                else f"{settings.storage_block}-credentials", overwrite=True)
     S3Bucket(bucket_name=settings.bucket, credentials=creds).save(settings.storage_block, overwrite=True)
+    # where stage flows on workers leave their return values for the parent (mode "deployments")
+    S3Bucket(bucket_name=settings.bucket, credentials=creds, bucket_folder=RESULTS_FOLDER).save(
+        settings.results_block, overwrite=True)
 
 
 class LocalStack:

@@ -24,6 +24,7 @@ from .settings import Settings, get_settings
 CLIENT_CONFIG = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
                  "signature_version": "s3v4"}  # presigned links: SigV4 (AWS and MinIO want it)
 
+CHUNK_TAG = "transcode-intermediate=chunk"  # see deployments/setup.py LIFECYCLE_RULES
 _lock = threading.Lock()
 _cache: dict[tuple, Any] = {}
 
@@ -84,6 +85,8 @@ class Storage:
             extra["Metadata"] = metadata
         if content_type:
             extra["ContentType"] = content_type
+        if "/chunks/" in key:  # intermediates: the bucket's lifecycle rule expires what a crash leaves
+            extra["Tagging"] = CHUNK_TAG
         try:
             self.block.upload_from_path(str(path), key, **({"ExtraArgs": extra} if extra else {}))
         except Exception as exc:  # boto3 raises many types; all mean "storage failed"
@@ -132,11 +135,15 @@ class Storage:
             return None
         return json.loads(resp["Body"].read())
 
-    def list_keys(self, prefix: str) -> list[str]:
-        keys = []
+    def list_objects(self, prefix: str) -> list[dict]:
+        """Every object under `prefix`: Key, ETag, Size, LastModified."""
+        found = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
-            keys += [o["Key"] for o in page.get("Contents", [])]
-        return keys
+            found += page.get("Contents", [])
+        return found
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [o["Key"] for o in self.list_objects(prefix)]
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list_keys(prefix)

@@ -1,0 +1,232 @@
+"""The stages of `transcode-video`, each a flow of its own so that it can run as a
+deployment on its own work queue (the earlier Temporal system's worker kinds):
+
+    download-source   download    ingest (file, s3:// object, URL), hash, store the original
+    probe-video       metadata    ffprobe -> typed metadata; refuse what is not a video
+    split-video       split       chunk boundaries from the packet index (frame numbers) + ladder
+    transcode-batch   transcode   chunks x rungs (+ the audio, once), cached on content hashes
+    merge-video       merge       MP4 per rung, HLS, thumbnails, report, player page
+
+The parent flow calls them in-process (mode "local") or through `run_deployment`
+(mode "deployments"); the code below is the same either way. Stages exchange small
+typed values; the media itself is in object storage, so any worker can pick up any stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.assemble import assemble_rendition
+from tasks.audio import encode_audio
+from tasks.hls import package_audio, write_master
+from tasks.ingest import ingest_source, store_source_object
+from tasks.plan import plan_transcode
+from tasks.player import publish_player
+from tasks.probe import probe_source
+from tasks.report import cleanup, publish_report
+from tasks.thumbnails import make_thumbnails
+from tasks.transcode import transcode_chunk
+from transcoder import keys
+from transcoder.models import (AudioTrack, BatchResult, EncoderReport, EncoderSettings, Plan, Probe, Rendition, Rung,
+                               Segment, SourceObject, TranscodeResult)
+from transcoder.quality import rung_quality
+from transcoder.settings import get_settings
+from transcoder.storage import Storage, get_bucket
+
+PROGRESS_EVENT = "transcode_progress"  # `extra` attribute on progress log records (the CLI shows them)
+
+
+def progress(logger, stage: str, done: int, total: int) -> None:
+    logger.info("%s: %d/%d", stage, done, total, extra={PROGRESS_EVENT: (stage, done, total)})
+
+
+@flow(name="download-source", validate_parameters=True)
+def download_source(origin: str) -> SourceObject:
+    """Fetch and hash the source, and keep the original at `{video_id}/source/`: every
+    later stage, on any machine, reads it from there."""
+    src = ingest_source(origin)
+    store_source_object(src)
+    return src
+
+
+@flow(name="probe-video", validate_parameters=True)
+def probe_video(source: SourceObject) -> Probe:
+    return probe_source(source)
+
+
+@flow(name="split-video", validate_parameters=True)
+def split_video(source: SourceObject, probe: Probe, rungs: tuple[tuple[int, str], ...] | None,
+                encoder: EncoderSettings, gop_seconds: float, chunk_seconds: float) -> Plan:
+    """Frame-exact chunk boundaries (frame numbers, from the packet index) and the ladder.
+
+    No bytes are cut here: each transcode reads its frames straight from the original
+    (seek + trim), which loses nothing at the joints, unlike stream-copy cuts.
+    """
+    plan = plan_transcode(source, probe, rungs, encoder, gop_seconds, chunk_seconds)
+    get_run_logger().info(
+        "plan: %d frames at %s fps, %d chunks, rungs %s%s", plan.total_frames, plan.fps, len(plan.chunks),
+        ", ".join(f"{r.name} ({r.width}x{r.height})" for r in plan.rungs),
+        f"; skipped (would upscale): {', '.join(plan.skipped_rungs)}" if plan.skipped_rungs else "")
+    return plan
+
+
+@flow(name="transcode-batch", task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers),
+      validate_parameters=True)
+def transcode_batch(plan: Plan, source: SourceObject, chunks: list[int], probe: Probe | None = None) -> BatchResult:
+    """Every rung of the chunks numbered in `chunks`, and the audio when `probe` is given.
+
+    Each chunk x rung is a task cached on chunk sha256 / rung profile / encoder version,
+    so a batch that runs twice (a retry, a reclaimed Spot worker, a rerun) encodes only
+    what is missing. Every task runs, then the batch fails if any did, naming them.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    results = get_bucket(settings)  # result records (the cache) live in the bucket, under {video_id}/cache/
+    transcode = transcode_chunk.with_options(result_storage=results, retries=settings.transcode_retries)
+    # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
+    # its chunk; the later rungs' tasks then find their segments already stored.
+    # Longest chunks first, so no long chunk is left running alone at the end; the
+    # short jobs (audio) fill the tail.
+    wanted = set(chunks)
+    order = sorted((c for c in plan.chunks if c.index in wanted), key=lambda c: (-c.out_frames, c.index))
+    first, *others = plan.rungs
+    futures = {transcode.submit(plan, source, chunk, first): (chunk, first) for chunk in order}
+    audio_future = (encode_audio.with_options(result_storage=results).submit(plan, source, probe)
+                    if probe is not None and plan.has_audio else None)
+    futures.update({transcode.submit(plan, source, chunk, rung): (chunk, rung) for rung in others for chunk in order})
+
+    total = len(futures)
+    progress_id = create_progress_artifact(0.0, description=f"{plan.video_id}: chunk x rung tasks of this batch")
+    by_key: dict[tuple[str, int], Segment] = {}
+    cached: set[tuple[str, int]] = set()
+    failed: list[str] = []
+    failures: list[BaseException] = []
+    progress(logger, "transcode", 0, total)
+    for done, future in enumerate(as_completed(futures), 1):
+        try:
+            seg = future.result()
+        except Exception as exc:  # noqa: BLE001 - collected; the batch fails below, after every chunk ran
+            failures.append(exc)
+            chunk, rung = futures[future]
+            failed.append(f"transcode-{rung.name}-{chunk.index:05d}")  # the task run's name in the UI
+        else:
+            by_key[(seg.rung, seg.index)] = seg
+            if future.state.name == "Cached":
+                cached.add((seg.rung, seg.index))
+        progress(logger, "transcode", done, total)
+        update_progress_artifact(progress_id, 100.0 * done / total)
+    if failures:
+        logger.error("%d of %d chunk x rung tasks failed (%s); a rerun redoes only those",
+                     len(failures), total, ", ".join(sorted(failed)))
+        raise failures[0]
+
+    # A cache record outlives its object if someone deleted it: redo those tasks.
+    storage = Storage(results)
+    stale = [(chunk, rung) for rung in plan.rungs for chunk in order
+             if not storage.holds((seg := by_key[(rung.name, chunk.index)]).key, seg.sha256)]
+    if stale:
+        logger.warning("%d cached segments are gone from storage; encoding them again", len(stale))
+        redo = transcode.with_options(refresh_cache=True)
+        for future in [redo.submit(plan, source, chunk, rung) for chunk, rung in stale]:
+            seg = future.result()
+            by_key[(seg.rung, seg.index)] = seg
+            cached.discard((seg.rung, seg.index))
+
+    audio = audio_future.result() if audio_future else None
+    if audio and not storage.holds(audio.key, audio.sha256):
+        audio = encode_audio.with_options(result_storage=results, refresh_cache=True)(plan, source, probe)
+    return BatchResult(segments=tuple(by_key[k] for k in sorted(by_key)),
+                       cached=tuple(sorted(f"{rung}/{index}" for rung, index in cached)), audio=audio)
+
+
+@flow(name="merge-video", task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers),
+      validate_parameters=True)
+def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[BatchResult],
+                started_at: float, title: str) -> TranscodeResult:
+    """One MP4 per rung (verified before it is published), the HLS package, poster and
+    thumbnails, report.json + UI artifacts, the player page; then the cleanup.
+
+    `started_at` (epoch seconds, from the parent) dates the readiness of each rung.
+    """
+    logger = get_run_logger()
+    settings = get_settings()
+    storage = Storage()
+    results = get_bucket(settings)
+
+    segments: dict[str, list[Segment]] = defaultdict(list)
+    cached_by_rung: dict[str, int] = defaultdict(int)
+    for batch in batches:
+        for seg in batch.segments:
+            segments[seg.rung].append(seg)
+        for item in batch.cached:
+            cached_by_rung[item.split("/", 1)[0]] += 1
+    for rung in plan.rungs:
+        segments[rung.name].sort(key=lambda s: s.index)
+        if [s.index for s in segments[rung.name]] != [c.index for c in plan.chunks]:
+            raise RuntimeError(f"{rung.name}: the batches did not return every chunk")  # a bug, not bad input
+    audio = next((b.audio for b in batches if b.audio is not None), None)
+    cached = sum(cached_by_rung.values())
+
+    streaming = settings.streaming_outputs
+    audio_hls = (package_audio.with_options(result_storage=results).submit(plan, audio)
+                 if audio and streaming else None)
+    assemble = assemble_rendition.with_options(result_storage=results)
+    ready: dict[str, Rendition] = {}
+
+    def assembled(rung: Rung) -> Rendition:
+        if rung.name not in ready:
+            rendition = futures_by_rung[rung.name].result()
+            if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
+                rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
+            ready[rung.name] = rendition.model_copy(update={"ready_seconds": round(time.time() - started_at, 3)})
+        return ready[rung.name]
+
+    # Smallest and largest rung first: the thumbnails need them, and then run beside
+    # the other rungs' assembly (light work: stream copies and transfers).
+    by_area = sorted(plan.rungs, key=lambda r: r.width * r.height)
+    first_two = [by_area[0]] + ([by_area[-1]] if len(by_area) > 1 else [])
+    futures_by_rung = {r.name: assemble.submit(plan, r, segments[r.name], audio) for r in first_two}
+    pictures = None
+    if streaming:
+        small, top = assembled(by_area[0]), assembled(by_area[-1])
+        pictures = make_thumbnails.with_options(result_storage=results).submit(plan, small, top)
+    futures_by_rung.update({r.name: assemble.submit(plan, r, segments[r.name], audio) for r in by_area[1:-1]})
+    renditions = []
+    for i, rung in enumerate(plan.rungs):
+        renditions.append(assembled(rung).model_copy(update={"quality": rung_quality(segments[rung.name]),
+                                                             "cached_chunks": cached_by_rung[rung.name]}))
+        progress(logger, "assemble", i + 1, len(plan.rungs))
+    master = write_master(plan, renditions, audio_hls.result() if audio_hls else None) if streaming else None
+
+    encoder = plan.encoder
+    total = len(plan.chunks) * len(plan.rungs)
+    result = TranscodeResult(
+        video_id=source.video_id,
+        source_key=source.key,
+        chunks=len(plan.chunks),
+        transcoded=total - cached,
+        cached=cached,
+        renditions=tuple(renditions),
+        encoder=EncoderReport(codec=encoder.codec, preset=encoder.preset, crf=encoder.crf,
+                              gop_frames=plan.gop_frames, profile=encoder.profile, pix_fmt=encoder.pix_fmt,
+                              audio_bitrate_kbps=encoder.audio_bitrate_kbps),
+        fps=f"{plan.fps_num}/{plan.fps_den}",
+        duration=plan.duration,
+        skipped_rungs=plan.skipped_rungs,
+        report_key=keys.report(source.video_id),
+        manifest_key=keys.manifest(source.video_id),
+        hls_master_key=master,
+        thumbnails=pictures.result() if pictures else None,
+        wall_seconds=round(time.time() - started_at, 3),
+    )
+    publish_report(result, source, probe, plan)
+    if streaming:  # last: the page links to everything above
+        result = result.model_copy(update={"player_url": publish_player(source.video_id, title, result.thumbnails)})
+    cleanup(source.video_id)
+    return result
