@@ -23,7 +23,7 @@ def player_config(video_id: str, title: str, thumbnails: Thumbnails | None, stor
               "thumbnails": "thumbnails/thumbnails.vtt" if thumbnails else None}
     if storage is not None:
         names = storage.list_keys(keys.hls(video_id)) + (storage.list_keys(keys.thumbnails(video_id)) if thumbnails else [])
-        signed = {key[len(root):]: storage.presigned_url(key, expires) for key in names}
+        signed = {key[len(root):]: storage.presigned_url(key, expires, public=True) for key in names}
         master = signed["hls/master.m3u8"]
         config["signed"] = signed
         # the unsigned address of `{video_id}/`: what hls.js resolves relative URIs under
@@ -44,7 +44,7 @@ def publish_player(video_id: str, title: str, thumbnails: Thumbnails | None) -> 
     expires = settings.player_link_seconds
     storage.put_text(keys.player(video_id), player.render(player_config(video_id, title, thumbnails, storage, expires)),
                      "text/html; charset=utf-8")
-    return storage.presigned_url(keys.player(video_id), expires)
+    return storage.presigned_url(keys.player(video_id), expires, public=True)
 
 
 @task(name="export-player", cache_policy=NO_CACHE)

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     bucket: str = "videos"
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    # What viewers' browsers reach the S3 server at, when not the endpoint above (the
+    # player page's and the ingest API's presigned links are signed for it).
+    public_s3_endpoint: str | None = None
 
     # Chunking. Every rung has a keyframe every `gop_seconds` (the same frames in all
     # rungs); chunks are a whole number of GOPs, so every chunk joint is such a keyframe,

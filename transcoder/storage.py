@@ -152,5 +152,17 @@ class Storage:
             self.client.delete_objects(Bucket=self.name, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
-    def presigned_url(self, key: str, expires: int = 3600) -> str:
-        return self.client.generate_presigned_url("get_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=expires)
+    def presigned_url(self, key: str, expires: int = 3600, public: bool = False) -> str:
+        """A GET link. `public`: for a viewer's browser, signed for TRANSCODE_PUBLIC_S3_ENDPOINT
+        when set (inside the compose network the server is `minio:9000`, which no browser
+        reaches); without `public`, for this stack's own processes (ffmpeg reading a rung)."""
+        client = self.public_client if public and get_settings().public_s3_endpoint else self.client
+        return client.generate_presigned_url("get_object", Params={"Bucket": self.name, "Key": key}, ExpiresIn=expires)
+
+    @cached_property
+    def public_client(self):
+        from botocore.config import Config
+
+        # SigV4 signs the host name: the link must be signed for the host the browser asks
+        session = self.block.credentials.get_boto3_session()
+        return session.client("s3", endpoint_url=get_settings().public_s3_endpoint, config=Config(**CLIENT_CONFIG))

@@ -1,0 +1,31 @@
+"""Presigned links for browsers go to TRANSCODE_PUBLIC_S3_ENDPOINT, signed for that host."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+def test_public_links_are_signed_for_the_public_host(engine, monkeypatch):
+    from transcoder.settings import reload_settings
+    from transcoder.storage import Storage
+
+    engine.s3.put_object(Bucket=engine.bucket, Key="a/page.html", Body=b"<p>hello</p>")
+    internal = engine.s3.meta.endpoint_url  # http://127.0.0.1:PORT
+    public = internal.replace("127.0.0.1", "localhost")  # the same server under another name
+    monkeypatch.setenv("TRANSCODE_PUBLIC_S3_ENDPOINT", public)
+    reload_settings()
+    storage = Storage()
+    link = storage.presigned_url("a/page.html", 600, public=True)
+    assert link.startswith(public + "/")
+    with urllib.request.urlopen(link, timeout=10) as resp:  # noqa: S310 - loopback
+        assert resp.read() == b"<p>hello</p>"
+    # signed for its host: the same query string on the internal name is refused
+    moved = link.replace(public, internal)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(moved, timeout=10)  # noqa: S310 - loopback
+    assert refused.value.code == 403
+    # the pipeline's own reads (ffmpeg on a rung) keep the internal endpoint
+    assert storage.presigned_url("a/page.html").startswith(internal + "/")
