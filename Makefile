@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench up down clean
+.PHONY: setup demo test bench up down clean image
 
 setup:
 	@bash infra/setup.sh
@@ -13,6 +13,7 @@ demo: setup
 
 test:
 	@bash infra/setup.sh --test
+	@bash infra/docker-setup.sh
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
@@ -26,3 +27,10 @@ down:
 
 clean: down
 	rm -rf .data
+
+# the project image without an image registry: a Debian base from mmdebstrap, then the Dockerfile
+# (needs a running Docker engine; `python -m deployments.docker_host start --root DIR` starts one)
+image: setup
+	@bash infra/docker-setup.sh
+	@$(PY) -m deployments.docker_host build-base
+	@$(PY) -m deployments.docker_host build-image

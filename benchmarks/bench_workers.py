@@ -138,7 +138,7 @@ def main() -> None:
     env = stack_env()
     os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]  # this process reads the runs (prefect not imported yet)
     setup = subprocess.run([sys.executable, "-m", "deployments.setup", "--pool", POOL, "--pool-type", "process",
-                            "--deploy"], env=env, cwd=REPO, capture_output=True, text=True)
+                            "--deploy", "--paused"], env=env, cwd=REPO, capture_output=True, text=True)
     if setup.returncode:
         sys.exit(setup.stdout + setup.stderr)
 

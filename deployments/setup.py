@@ -172,6 +172,28 @@ def deploy(pool: str, project_file: Path = PROJECT_FILE) -> None:
             print("  " + line.strip())
 
 
+def pause_scheduled(project_file: Path = PROJECT_FILE) -> list[str]:
+    """Pause the deployments of prefect.yaml that have schedules; returns their names."""
+    from prefect.client.orchestration import get_client
+
+    project = yaml.safe_load(project_file.read_text())
+    names = []
+    with get_client(sync_client=True) as client:
+        for spec in project["deployments"]:
+            if spec.get("schedules"):
+                flow_name = _flow_name(spec["entrypoint"])
+                deployment = client.read_deployment_by_name(f"{flow_name}/{spec['name']}")
+                client.pause_deployment(deployment.id)
+                names.append(deployment.name if "/" in deployment.name else f"{flow_name}/{deployment.name}")
+    return names
+
+
+def _flow_name(entrypoint: str) -> str:
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(str(REPO_ROOT / entrypoint)).name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default=os.environ.get("TRANSCODE_WORK_POOL", DEFAULT_POOL))
@@ -179,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-from-env", action="store_true",
                         help="save the storage blocks from TRANSCODE_S3_ENDPOINT / AWS_* and create the bucket")
     parser.add_argument("--deploy", action="store_true", help="then run `prefect deploy --all`")
+    parser.add_argument("--paused", action="store_true",
+                        help="deploy with the scheduled deployments paused (resume them in the UI or "
+                             "`prefect deployment resume NAME`)")
     parser.add_argument("--prefect-file", type=Path, default=PROJECT_FILE)
     args = parser.parse_args(argv)
     if not os.environ.get("PREFECT_API_URL"):
@@ -194,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.deploy:
         print(f"deploying {args.prefect_file.name} to pool {args.pool}:")
         deploy(args.pool, args.prefect_file)
+        if args.paused:
+            for name in pause_scheduled(args.prefect_file):
+                print(f"  paused: {name}")
     return 0
 
 

@@ -58,7 +58,7 @@ def deployed(s3_server, prefect_server, tmp_path_factory):
     save_blocks(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
                 Settings(bucket=bucket, storage_block=bucket))
     setup = subprocess.run([sys.executable, "-m", "deployments.setup", "--pool", pool, "--pool-type", "process",
-                            "--deploy"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+                            "--deploy", "--paused"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert setup.returncode == 0, setup.stdout + setup.stderr
     dep = Deployed(env, bucket, pool, s3)
     dep.setup_output = setup.stdout
@@ -116,6 +116,7 @@ def test_setup_made_pool_queues_and_deployments(deployed):
     from prefect.client.orchestration import get_client
 
     assert "queue transcode created (limit 32)" in deployed.setup_output
+    assert "paused: pickup-incoming/default" in deployed.setup_output
     with get_client(sync_client=True) as client:
         queues = {q.name: q for q in client.read_work_queues(work_pool_name=deployed.pool)}
         assert {"orchestrate", "download", "metadata", "split", "transcode", "merge"} <= set(queues)
@@ -127,6 +128,7 @@ def test_setup_made_pool_queues_and_deployments(deployed):
                 f"s3-bucket/{deployed.bucket}-results"
         pickup = client.read_deployment_by_name("pickup-incoming/default")
         assert [s.schedule.cron for s in pickup.schedules] == ["*/5 * * * *"]
+        assert pickup.paused  # --paused: the test's workers must not pick up on the schedule
         parent = client.read_deployment_by_name("transcode-video/default")
         assert parent.parameters == {"mode": "deployments"}
         automations = [a for a in client.read_automations() if "transcode-video" in a.name or
@@ -188,7 +190,7 @@ def test_deployment_run_fans_out_across_workers(deployed, media, engine, tmp_pat
 
 
 def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
-    """Five objects under incoming/: the first pickup starts five runs, the second none."""
+    """Five objects under a prefix: the first pickup starts five runs, the second none."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentCreate  # noqa: F401 - the API the client takes
 
@@ -198,8 +200,8 @@ def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
 
     src = media("standard", seconds=2)
     for i in range(5):
-        deployed.s3.upload_file(str(src), deployed.bucket, f"incoming/batch/video-{i}.mp4")
-    deployed.s3.put_object(Bucket=deployed.bucket, Key="incoming/batch/notes.txt", Body=b"not a video")
+        deployed.s3.upload_file(str(src), deployed.bucket, f"dropbox/batch/video-{i}.mp4")
+    deployed.s3.put_object(Bucket=deployed.bucket, Key="dropbox/batch/notes.txt", Body=b"not a video")
     # runs started on a deployment no worker serves (parked), so nothing transcodes here
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("transcode-video")
@@ -210,13 +212,13 @@ def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
     reload_settings()
     forget_buckets()
     try:
-        first = pickup_incoming(prefix="incoming/batch/", deployment="transcode-video/parked")
-        second = pickup_incoming(prefix="incoming/batch/", deployment="transcode-video/parked")
+        first = pickup_incoming(prefix="dropbox/batch/", deployment="transcode-video/parked")
+        second = pickup_incoming(prefix="dropbox/batch/", deployment="transcode-video/parked")
     finally:
         monkeypatch.undo()
         reload_settings()
         forget_buckets()
-    assert len(first.started) == 5 and first.already == [] and first.ignored == ["incoming/batch/notes.txt"]
+    assert len(first.started) == 5 and first.already == [] and first.ignored == ["dropbox/batch/notes.txt"]
     assert second.started == [] and sorted(second.already) == sorted(first.started)
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -224,4 +226,4 @@ def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[parked])))
     assert len(runs) == 5
     assert sorted(r.parameters["source"] for r in runs) == sorted(
-        f"s3://{deployed.bucket}/incoming/batch/video-{i}.mp4" for i in range(5))
+        f"s3://{deployed.bucket}/dropbox/batch/video-{i}.mp4" for i in range(5))
