@@ -67,6 +67,7 @@ def deploy_env(pool: str, settings=None) -> dict[str, str]:
         "TRANSCODE_IMAGE": "transcoder:local",
         "TRANSCODE_DOCKER_NETWORK": "host",
         "TRANSCODE_STORAGE_BLOCK": settings.storage_block,
+        "TRANSCODE_PUBLIC_S3_ENDPOINT": settings.public_s3_endpoint or "",
     }
     return {name: os.environ.get(name) or value for name, value in defaults.items()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -58,3 +59,28 @@ def keyframe_times(path: Path) -> list[float]:
         if "K" in flags and pts not in ("", "N/A"):
             times.append(round(float(pts), 3))
     return sorted(times)
+
+
+# ------------------------------------------------------------ Prefect runs
+
+
+def wait_final(flow_run_id, timeout: float = 900):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state and run.state.is_final():
+                return run
+            assert time.monotonic() < deadline, f"flow run still {run.state.name} after {timeout} s"
+            time.sleep(2)
+
+
+def child_runs(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))

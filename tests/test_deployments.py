@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.checks import child_runs, wait_final
 from transcoder.stack import save_blocks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,28 +85,6 @@ def deployed(s3_server, prefect_server, tmp_path_factory):
         proc.wait(timeout=30)
 
 
-def wait_final(flow_run_id, timeout: float = 900):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            if run.state and run.state.is_final():
-                return run
-            assert time.monotonic() < deadline, f"flow run still {run.state.name} after {timeout} s"
-            time.sleep(2)
-
-
-def child_runs(flow_run_id) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-
-
 def video_md5(path: Path) -> str:
     out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-c", "copy", "-f", "md5", "-"],
                          capture_output=True, text=True, check=True).stdout
@@ -117,6 +96,10 @@ def test_setup_made_pool_queues_and_deployments(deployed):
 
     assert "queue transcode created (limit 32)" in deployed.setup_output
     assert "paused: pickup-incoming/default" in deployed.setup_output
+    rules = {r["ID"]: r for r in deployed.s3.get_bucket_lifecycle_configuration(Bucket=deployed.bucket)["Rules"]}
+    assert rules["expire-chunk-intermediates"]["Filter"] == {"Tag": {"Key": "transcode-intermediate", "Value": "chunk"}}
+    assert rules["expire-chunk-intermediates"]["Expiration"] == {"Days": 1}
+    assert "abort-incomplete-multipart-uploads" in rules and "expire-api-uploads" in rules
     with get_client(sync_client=True) as client:
         queues = {q.name: q for q in client.read_work_queues(work_pool_name=deployed.pool)}
         assert {"orchestrate", "download", "metadata", "split", "transcode", "merge"} <= set(queues)

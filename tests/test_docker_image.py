@@ -246,3 +246,67 @@ def test_image_is_unprivileged_and_keeps_no_build_files(docker_image):
     history = host.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", tag).stdout
     assert "PIP_CERT" not in history and ".docker-build" not in history
     assert not (ROOT / docker_host.BUILD_FILES).exists(), "build files left in the context"
+
+
+# --- a real docker worker ------------------------------------------------------------------
+
+
+def test_docker_worker_runs_the_deployments_in_containers(docker_image, s3_server, prefect_server, media):
+    """prefect.yaml on a `docker` pool: a docker worker starts one container of the project
+    image per flow run (parent and every stage), which reach the test's Prefect server and
+    SeaweedFS over the host network; the video comes out in storage.
+
+    (The same server holds test_deployments.py's deployments of the same names: this test
+    deploys over them, after that module's workers are gone.)
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.checks import child_runs, wait_final
+    from transcoder.settings import Settings
+    from transcoder.stack import save_blocks
+
+    host, tag = docker_image
+    bucket, pool = "dkr-" + secrets.token_hex(5), "docker-" + secrets.token_hex(4)
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=bucket)
+    save_blocks(s3_server.endpoint, s3_server.access_key, s3_server.secret_key,
+                Settings(bucket=bucket, storage_block=bucket))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "TRANSCODE_"))}
+    env = {**base, **host.env, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "TRANSCODE_STORAGE_BLOCK": bucket, "TRANSCODE_IMAGE": tag,
+           "TRANSCODE_DOCKER_NETWORK": "host", "TRANSCODE_CODE_DIR": "/opt/transcoder", "PYTHONPATH": str(ROOT)}
+    setup = subprocess.run([sys.executable, "-m", "deployments.setup", "--pool", pool, "--pool-type", "docker",
+                            "--deploy", "--paused"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    s3.upload_file(str(media("standard", seconds=4)), bucket, "in/clip.mp4")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log_path = Path(host.root) / "docker-worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([prefect, "worker", "start", "--pool", pool, "--type", "docker", "--name", "docker-1",
+                                   "--limit", "4"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        run = subprocess.run([prefect, "deployment", "run", "transcode-video/default",
+                              "-p", f"source=s3://{bucket}/in/clip.mp4", "-p", "renditions=144p",
+                              "-p", "chunk_seconds=2", "-p", "gop_seconds=1", "-p", "batch_chunks=1"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
+        final = wait_final(flow_run_id, timeout=900)
+    finally:
+        os.killpg(worker.pid, 9)  # a worker in the background ignores SIGTERM
+        worker.wait(timeout=30)
+    assert final.state.is_completed(), (final.state, log_path.read_text()[-4000:])
+    runs = [final] + child_runs(flow_run_id)
+    assert len(runs) == 1 + 3 + 2 + 1  # parent, download/probe/split, two batches, merge
+    for r in runs:
+        assert r.labels.get("prefect.worker.type") == "docker" and r.labels.get("prefect.worker.name") == "docker-1"
+        assert r.infrastructure_pid  # the container it ran in
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    video_id = next(k.split("/")[0] for k in keys if k.endswith("/report.json"))
+    assert f"encoded/{video_id}_144p.mp4" in keys and f"{video_id}/hls/master.m3u8" in keys
+    # containers are removed when their run ends (auto_remove; the parent's may still be exiting)
+    deadline = time.monotonic() + 60
+    while host.docker("ps", "-aq", "--filter", "label=io.prefect.flow-run-id").stdout.strip():
+        assert time.monotonic() < deadline, host.docker("ps", "-a").stdout
+        time.sleep(2)

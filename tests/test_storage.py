@@ -1,4 +1,4 @@
-"""Presigned links for browsers go to TRANSCODE_PUBLIC_S3_ENDPOINT, signed for that host."""
+"""Storage details users rely on: public presigned links, the lifecycle tag of intermediates."""
 
 from __future__ import annotations
 
@@ -29,3 +29,17 @@ def test_public_links_are_signed_for_the_public_host(engine, monkeypatch):
     assert refused.value.code == 403
     # the pipeline's own reads (ffmpeg on a rung) keep the internal endpoint
     assert storage.presigned_url("a/page.html").startswith(internal + "/")
+
+
+def test_chunk_intermediates_carry_the_lifecycle_tag(engine, tmp_path):
+    """`*/chunks/` cannot be a lifecycle prefix: such objects are tagged for the rule instead."""
+    from transcoder.storage import Storage
+
+    part = tmp_path / "c.ts"
+    part.write_bytes(b"x" * 100)
+    storage = Storage()
+    storage.upload(part, "vid/chunks/source/chunk_00000.ts")
+    storage.upload(part, "vid/outputs/240p/segments/seg_00000.ts")
+    tags = engine.s3.get_object_tagging(Bucket=engine.bucket, Key="vid/chunks/source/chunk_00000.ts")["TagSet"]
+    assert tags == [{"Key": "transcode-intermediate", "Value": "chunk"}]
+    assert engine.s3.get_object_tagging(Bucket=engine.bucket, Key="vid/outputs/240p/segments/seg_00000.ts")["TagSet"] == []
