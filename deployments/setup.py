@@ -106,7 +106,10 @@ def prepare_bucket(settings) -> list[str]:
     done = []
     names = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if storage.name not in names:
-        client.create_bucket(Bucket=storage.name)
+        region = client.meta.region_name
+        # outside us-east-1, AWS wants the region named (MinIO and SeaweedFS accept either)
+        client.create_bucket(Bucket=storage.name, **({"CreateBucketConfiguration": {"LocationConstraint": region}}
+                                                     if region and region != "us-east-1" else {}))
         done.append(f"bucket {storage.name} created")
     try:
         client.put_bucket_lifecycle_configuration(Bucket=storage.name,

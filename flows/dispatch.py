@@ -51,42 +51,60 @@ class StageRunner:
 
     def _map_deployments(self, stage: Flow, calls: list[dict[str, Any]],
                          on_done: Callable[[int, int], None] | None) -> list:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        from prefect.deployments import run_deployment
-
         logger = get_run_logger()
         name = f"{stage.name}/{DEPLOYMENT}"
-        runs = [run_deployment(name, parameters=parameters, timeout=0, as_subflow=True) for parameters in calls]
-        order = {run.id: i for i, run in enumerate(runs)}
-        final: dict[int, Any] = {}
-        noted = started = time.monotonic()
-        with get_client(sync_client=True) as client:
-            while len(final) < len(runs):
-                time.sleep(POLL_SECONDS)
-                waiting = [run.id for run in runs if order[run.id] not in final]
-                for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))):
-                    if run.state is not None and run.state.is_final():
-                        final[order[run.id]] = run
-                        if on_done:
-                            on_done(len(final), len(runs))
-                if time.monotonic() - noted > WAITING_NOTE_SECONDS:
-                    noted = time.monotonic()
-                    logger.info("%s: %d of %d runs done after %.0f s (no worker on its queue takes them?)",
-                                name, len(final), len(runs), noted - started)
+        final = self._wait(name, {i: self._submit(name, p) for i, p in enumerate(calls)}, len(calls), on_done)
+        # A crashed run lost its worker (a killed container, a reclaimed Spot instance), not
+        # a fight with its input: run it once more. What it finished is cached, so the
+        # second run does only the rest.
+        crashed = {i: run for i, run in final.items() if run.state.is_crashed()}
+        if crashed:
+            logger.warning("%s: %d runs crashed (%s); running them again", name, len(crashed),
+                           ", ".join(f"{r.name}: {r.state.message}" for r in crashed.values()))
+            final.update(self._wait(name, {i: self._submit(name, calls[i]) for i in crashed}, len(calls), None))
         results, failures = [], []
-        for i in range(len(runs)):
+        for i in range(len(calls)):
             run = final[i]
             if run.state.is_completed():
                 results.append(run.state.result())
                 continue
-            error = run.state.result(raise_on_failure=False)
-            failures.append((run, error))
+            failures.append((run, run.state.result(raise_on_failure=False)))
         if failures:
             run, error = failures[0]
-            logger.error("%s: %d of %d runs failed: %s", name, len(failures), len(runs),
+            logger.error("%s: %d of %d runs failed: %s", name, len(failures), len(calls),
                          ", ".join(f"{r.name} ({r.state.name})" for r, _ in failures))
             if isinstance(error, BaseException):
                 raise error
             raise StageFailed(f"{name} run {run.name} ended {run.state.name}: {run.state.message}")
         return results
+
+    @staticmethod
+    def _submit(name: str, parameters: dict[str, Any]):
+        from prefect.deployments import run_deployment
+
+        return run_deployment(name, parameters=parameters, timeout=0, as_subflow=True)
+
+    @staticmethod
+    def _wait(name: str, runs: dict[int, Any], total: int, on_done: Callable[[int, int], None] | None) -> dict:
+        """Poll until every run is final; returns them by call index."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        logger = get_run_logger()
+        index = {run.id: i for i, run in runs.items()}
+        final: dict[int, Any] = {}
+        noted = started = time.monotonic()
+        with get_client(sync_client=True) as client:
+            while len(final) < len(runs):
+                time.sleep(POLL_SECONDS)
+                waiting = [run_id for run_id, i in index.items() if i not in final]
+                for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))):
+                    if run.state is not None and run.state.is_final():
+                        final[index[run.id]] = run
+                        if on_done:
+                            on_done(len(final), total)
+                if time.monotonic() - noted > WAITING_NOTE_SECONDS:
+                    noted = time.monotonic()
+                    logger.info("%s: %d of %d runs done after %.0f s (no worker on its queue takes them?)",
+                                name, len(final), len(runs), noted - started)
+        return final

@@ -13,11 +13,10 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from transcoder.ingest import MEDIA_SUFFIXES
 from transcoder.storage import Storage
 
 DEFAULT_PREFIX = "incoming/"
-MEDIA_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".mxf",
-                  ".flv", ".wmv", ".ogv", ".3gp")
 
 
 class PickupResult(BaseModel):

@@ -15,6 +15,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+# Loopback only: the Prefect test server (and every server and worker the tests start, which
+# inherit this) must not try to send telemetry out. Set before prefect is first imported.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
 from transcoder.samples import make_sample
 from transcoder.stack import save_blocks, start_seaweed
 

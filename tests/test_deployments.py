@@ -119,7 +119,7 @@ def test_setup_made_pool_queues_and_deployments(deployed):
     assert automations, "the ingest trigger of prefect.yaml was not created"
     trigger = automations[0].trigger
     assert "transcode.video.requested" in trigger.expect
-    assert automations[0].actions[0].parameters["request_id"] == "{{ event.id }}"
+    assert automations[0].actions[0].parameters["request_id"] == "{{ event.id | string }}"
     # running it again changes nothing
     again = subprocess.run([sys.executable, "-m", "deployments.setup", "--pool", deployed.pool, "--pool-type",
                             "process"], env=deployed.env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -210,3 +210,56 @@ def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
     assert len(runs) == 5
     assert sorted(r.parameters["source"] for r in runs) == sorted(
         f"s3://{deployed.bucket}/dropbox/batch/video-{i}.mp4" for i in range(5))
+
+
+def _engine_pid(flow_run_id: str) -> int | None:
+    """The process a process worker started for this flow run (PREFECT__FLOW_RUN_ID in its environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_killed_batch_is_run_again_and_the_video_completes(deployed, media):
+    """A worker's flow-run process killed mid-batch (a lost machine, a reclaimed Spot
+    instance): the run ends Crashed, the parent runs that batch once more, the chunks it had
+    finished come from the cache, and the video completes."""
+    from prefect.client.orchestration import get_client
+
+    deployed.s3.upload_file(str(media("standard", seconds=5)), deployed.bucket, "in/crash.mp4")
+    run = deployed.prefect("deployment", "run", "transcode-video/default", "-p",
+                           f"source=s3://{deployed.bucket}/in/crash.mp4", "-p", "renditions=240p,144p",
+                           "-p", "chunk_seconds=1", "-p", "gop_seconds=1", "-p", "batch_chunks=2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    parent = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
+    killed = None
+    deadline = time.monotonic() + 600
+    while killed is None and time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            names = {f.id: f.name for f in client.read_flows()}
+        for child in child_runs(parent):
+            if names[child.flow_id] == "transcode-batch" and child.state.is_running():
+                pid = _engine_pid(str(child.id))
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = child.id
+                    break
+        time.sleep(0.5)
+    assert killed, "no running batch was seen"
+    final = wait_final(parent)
+    assert final.state.is_completed(), final.state
+    with get_client(sync_client=True) as client:
+        names = {f.id: f.name for f in client.read_flows()}
+    batches = [r for r in child_runs(parent) if names[r.flow_id] == "transcode-batch"]
+    states = sorted(r.state.name for r in batches)
+    assert states.count("Crashed") == 1 and states.count("Completed") == len(batches) - 1, states
+    crashed = next(r for r in batches if r.state.name == "Crashed")
+    assert crashed.id == killed
+    # the batch ran again with the same chunks
+    again = [r for r in batches if r.parameters["chunks"] == crashed.parameters["chunks"] and r.id != killed]
+    assert len(again) == 1 and again[0].state.is_completed()

@@ -22,6 +22,12 @@ from .storage import Storage
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 
 
+# Object names taken for videos by the bucket pickup and the bucket notifications (others are
+# sidecars, folders, outputs).
+MEDIA_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".mxf",
+                  ".flv", ".wmv", ".ogv", ".3gp")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

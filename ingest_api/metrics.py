@@ -1,0 +1,56 @@
+"""Queue depth per work queue, in Prometheus' text format (for KEDA or autoscaling groups).
+
+`transcode_queue_depth`: flow runs waiting for a worker: Scheduled-type states (Scheduled,
+Late, AwaitingRetry) whose start time has come, and Pending ones. Runs scheduled for later
+(a cron deployment keeps some ahead) are not waiting. `transcode_running_runs`: Running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterNextScheduledStartTime, FlowRunFilterState,
+                                            FlowRunFilterStateType, WorkPoolFilter, WorkPoolFilterName, WorkQueueFilter,
+                                            WorkQueueFilterName)
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+
+METRICS = (
+    ("transcode_queue_depth", "Flow runs waiting for a worker (due Scheduled/Late, Pending) per work queue."),
+    ("transcode_running_runs", "Flow runs running per work queue."),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+async def _count(client: PrefectClient, pool: str, queue: str, *filters: FlowRunFilter) -> int:
+    # by the queue's row (a run's own work_queue_name column is empty for deployment runs)
+    counts = await asyncio.gather(*(client.count_flow_runs(
+        flow_run_filter=f, work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[queue])),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))) for f in filters))
+    return sum(counts)
+
+
+async def queue_metrics(client: PrefectClient, pool: str) -> str:
+    try:
+        queues = sorted(q.name for q in await client.read_work_queues(work_pool_name=pool))
+    except ObjectNotFound:
+        queues = []
+    now = datetime.now(timezone.utc)
+    due = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                        next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=now))
+    pending = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING])))
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    depths = await asyncio.gather(*(_count(client, pool, q, due, pending) for q in queues))
+    runnings = await asyncio.gather(*(_count(client, pool, q, running) for q in queues))
+    lines = []
+    for (name, help_text), values in zip(METRICS, (depths, runnings)):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{pool="{_label(pool)}",queue="{_label(q)}"}} {v}' for q, v in zip(queues, values)]
+    if not queues:
+        lines.append(f"# no work queues in pool {pool!r} (TRANSCODE_WORK_POOL)")
+    return "\n".join(lines) + "\n"
