@@ -84,3 +84,16 @@ def child_runs(flow_run_id) -> list:
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+
+
+def delete_project_deployments() -> int:
+    """Remove prefect.yaml's deployments (`*/default`) and so their triggers from the test server,
+    which the whole session shares: another module's event must not start runs of them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["default"])))
+        for deployment in found:
+            client.delete_deployment(deployment.id)  # its automations go with it
+    return len(found)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checks import child_runs, wait_final
+from tests.checks import child_runs, delete_project_deployments, wait_final
 from transcoder.stack import save_blocks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +83,7 @@ def deployed(s3_server, prefect_server, tmp_path_factory):
         except OSError:
             pass
         proc.wait(timeout=30)
+    delete_project_deployments()
 
 
 def video_md5(path: Path) -> str:

@@ -261,7 +261,7 @@ def test_docker_worker_runs_the_deployments_in_containers(docker_image, s3_serve
     """
     from prefect.settings import PREFECT_API_URL
 
-    from tests.checks import child_runs, wait_final
+    from tests.checks import child_runs, delete_project_deployments, wait_final
     from transcoder.settings import Settings
     from transcoder.stack import save_blocks
 
@@ -296,6 +296,7 @@ def test_docker_worker_runs_the_deployments_in_containers(docker_image, s3_serve
     finally:
         os.killpg(worker.pid, 9)  # a worker in the background ignores SIGTERM
         worker.wait(timeout=30)
+        delete_project_deployments()
     assert final.state.is_completed(), (final.state, log_path.read_text()[-4000:])
     runs = [final] + child_runs(flow_run_id)
     assert len(runs) == 1 + 3 + 2 + 1  # parent, download/probe/split, two batches, merge
