@@ -326,6 +326,15 @@ def wait_runs(deployment_id, at_least: int, timeout: float = 90) -> list:
     raise AssertionError(f"{len(runs_of(deployment_id))} runs of the deployment, expected {at_least}")
 
 
+def poll_status(api, request_id: str, until, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = api.http.get(f"/videos/{request_id}").json()
+        if until(status) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.5)
+
+
 def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_mp4):
     from ingest_api.events import object_request_id
 
@@ -358,7 +367,9 @@ def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_m
         api = start_api(engine)
         again = api.http.post("/notifications/s3", json=body)
         assert again.json()["requests"][0]["duplicate"] is True
-        status = api.http.get(f"/videos/{expected}").json()
+        # the run the trigger made is found through the automation's `action.executed`
+        # event: "queued" until the server's event persister has written it
+        status = poll_status(api, expected, until=lambda s: s["state"] != "queued")
         assert status["state"] == "Scheduled" and status["flow_run_id"] == str(runs[0].id)
 
         # the same object with other bytes (another ETag) is another request

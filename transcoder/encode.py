@@ -117,9 +117,12 @@ def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool 
     # x264 assumes 90% full by default, which lets every joint overspend: a burst above
     # the cap (and +6% size on a cap-bound rung, measured). Half full is the middle of
     # what the previous chunk can leave.
-    # Slice threads, not frame threads: with frame threads, capped CRF (VBV) depends on
-    # which frames happen to be finished, and the same chunk encoded twice under load came
-    # out different (3 of 8 runs, measured); slices are bit-identical, for +0.3% size.
+    # Threads inside one x264 make capped CRF (VBV) timing-dependent: the same chunk
+    # encoded twice under load came out different with frame threads (3 of 8 runs) and
+    # with 2 slice threads too (1 of 96 chunk encodes), never with one thread (0 of 144,
+    # measured). So one thread per encoder by default (EncoderSettings.threads): the
+    # parallelism comes from chunks and rungs running side by side. Slices if a user
+    # asks for more threads: rarer differences than frame threads.
     params = ["sliced-threads=1"] + (["vbv-init=0.5"] if chunk is not None and chunk.index > 0 else [])
     return [
         "-x264-params", ":".join(params),

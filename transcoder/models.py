@@ -89,7 +89,7 @@ class EncoderSettings(Frozen):
     crf: int = Field(23, ge=0, le=51)
     profile: str = "high"
     pix_fmt: str = "yuv420p"
-    threads: int = 2  # per x264 instance, fixed: parallelism comes from chunks, not from the core count
+    threads: int = 1  # per encoder instance: 1 is bit-identical run to run (encode.x264_args); parallelism comes from chunks
     audio_bitrate_kbps: int = 128
 
     def version_fields(self) -> dict:

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     codec: str = "h264"  # h264 | hevc | av1, for rungs that name none (`720p:av1` does)
     preset: str = "veryfast"
     crf: int = Field(23, ge=0, le=51)
-    x264_threads: int = Field(2, ge=0, le=64)
+    # >1 is faster per chunk but not bit-identical run to run under load (encode.x264_args)
+    x264_threads: int = Field(1, ge=0, le=64)
     audio_bitrate_kbps: int = Field(128, ge=16, le=512)
 
     # Measure PSNR/SSIM of every frame of every rung while checking each chunk (about
@@ -69,6 +70,9 @@ class Settings(BaseSettings):
     min_dimension: int = 16
     max_frames: int = 2_000_000
     allow_private_urls: bool = False
+    # Networks (CIDR) that URL sources may reach although private, e.g. an internal media
+    # server: `TRANSCODE_URL_ALLOWED_NETWORKS='["10.20.0.0/16"]'`. Narrower than the switch above.
+    url_allowed_networks: list[str] = Field(default_factory=list)
     url_socket_timeout: float = 20.0
 
     @property
