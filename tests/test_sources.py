@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,142 @@ def test_other_schemes_are_refused(engine, url):
 
     with pytest.raises(BadInputError):
         transcode_video(url)
+
+
+class Origin(http.server.SimpleHTTPRequestHandler):
+    """Static files, plus `/redirect/<url>` (302 to it), `/page.html` (two videos: a
+    playlist) and `/stream/<file>` (the file without a Content-Length)."""
+
+    hits: list[str]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", urllib.parse.unquote(self.path.removeprefix("/redirect/")))
+            self.end_headers()
+        elif self.path == "/page.html":
+            self._send(b"<html><body><video src='/a.mp4'></video><video src='/b.mp4'></video></body></html>",
+                       "text/html")
+        elif self.path.startswith("/stream/"):
+            data = (Path(self.directory) / self.path.removeprefix("/stream/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 65536):
+                    self.wfile.write(data[i:i + 65536])
+            except OSError:
+                pass  # the client gave up: the size limit did its work
+            self.close_connection = True
+        else:
+            super().do_GET()
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(host: str, folder: Path, family=None):
+    hits: list[str] = []
+    handler = functools.partial(type("H", (Origin,), {"hits": hits}), directory=str(folder))
+    cls = http.server.ThreadingHTTPServer
+    if family is not None:
+        cls = type("V6", (http.server.ThreadingHTTPServer,), {"address_family": family})
+    server = cls((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+@pytest.fixture
+def origins(media):
+    """An allowed origin on 127.0.0.2 (TRANSCODE_URL_ALLOWED_NETWORKS) and two it may
+    redirect to: 127.0.0.1 and ::1, which count the requests they get."""
+    import socket
+
+    folder = media("standard", seconds=6).parent
+    allowed, _ = serve("127.0.0.2", folder)
+    v4, v4_hits = serve("127.0.0.1", folder)
+    v6, v6_hits = serve("::1", folder, socket.AF_INET6)
+    yield {"allowed": f"http://127.0.0.2:{allowed.server_address[1]}", "v4_port": v4.server_address[1],
+           "v6_port": v6.server_address[1], "hits": (v4_hits, v6_hits), "file": media("standard", seconds=6).name}
+    for server in (allowed, v4, v6):
+        server.shutdown()
+
+
+def allowed_settings(**kw):
+    from transcoder.settings import Settings
+
+    return Settings(url_allowed_networks=["127.0.0.2/32"], **kw)
+
+
+def test_allowed_network_is_fetched(origins, tmp_path, media):
+    from transcoder.urlfetch import download
+
+    fetched = download(f"{origins['allowed']}/{origins['file']}", tmp_path / "dl", allowed_settings())
+    assert fetched.path.read_bytes() == media("standard", seconds=6).read_bytes()
+
+
+@pytest.mark.parametrize("spelling", ["127.0.0.1", "2130706433", "0x7f.1", "localhost", "localhost.", "[::1]"])
+def test_redirect_to_loopback_is_refused_without_connecting(origins, tmp_path, spelling):
+    """The first host is allowed; the redirect leads to loopback in one of its spellings:
+    refused by the connection guard, and the loopback servers never see a request."""
+    from transcoder.urlfetch import download
+
+    port = origins["v6_port"] if spelling == "[::1]" else origins["v4_port"]
+    target = f"http://{spelling}:{port}/{origins['file']}"
+    # a name this machine cannot resolve (`localhost.` on some) fails before any connection
+    with pytest.raises(BadInputError, match="refusing to fetch|Failed to resolve") as err:
+        download(f"{origins['allowed']}/redirect/{target}", tmp_path / "dl", allowed_settings())
+    assert "\n" not in str(err.value)
+    assert origins["hits"] == ([], [])
+    assert not any((tmp_path / "dl").iterdir())
+
+
+def test_redirect_refusal_end_to_end_stores_nothing(engine, origins, monkeypatch):
+    from flows.transcode import transcode_video
+    from transcoder.settings import reload_settings
+
+    monkeypatch.setenv("TRANSCODE_URL_ALLOWED_NETWORKS", '["127.0.0.2/32"]')
+    reload_settings()
+    with pytest.raises(BadInputError, match="it led to 127.0.0.1"):
+        transcode_video(f"{origins['allowed']}/redirect/http://127.0.0.1:{origins['v4_port']}/{origins['file']}")
+    assert origins["hits"] == ([], [])
+    assert not engine.keys()
+
+
+def test_guard_is_off_outside_a_download(origins):
+    """The audit hook checks only the downloading thread: other connections of the worker
+    (Prefect, S3 on loopback in tests) go on."""
+    import urllib.request
+
+    from transcoder.urlfetch import connections_checked
+
+    with connections_checked(allowed_settings()):
+        pass
+    with urllib.request.urlopen(f"http://127.0.0.1:{origins['v4_port']}/{origins['file']}") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize("path", ["{file}", "stream/{file}"])
+def test_download_over_the_size_limit_is_refused_and_nothing_kept(origins, tmp_path, path):
+    """With a Content-Length (yt-dlp's max_filesize) and without one (counted while streaming)."""
+    from transcoder.urlfetch import download
+
+    with pytest.raises(BadInputError, match="size limit of 100000 bytes"):
+        download(f"{origins['allowed']}/{path.format(file=origins['file'])}", tmp_path / "dl",
+                 allowed_settings(max_input_bytes=100_000))
+    assert not any((tmp_path / "dl").iterdir())
+
+
+def test_playlist_url_is_refused(origins, tmp_path):
+    from transcoder.urlfetch import download
+
+    with pytest.raises(BadInputError, match="playlist; submit one video at a time"):
+        download(f"{origins['allowed']}/page.html", tmp_path / "dl", allowed_settings())

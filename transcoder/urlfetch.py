@@ -1,19 +1,44 @@
 """Fetching an http(s) URL with yt-dlp, refusing addresses a user should not reach.
 
-`check_host` is the address check (tested on its own, never by connecting);
-`download` is the one narrow entry point and returns a typed result.
+`address_allowed` is the address check (tested on its own, never by connecting);
+`check_url` applies it to the URL's host before anything is fetched; `download` is the
+one narrow entry point and returns a typed result.
+
+Checking the first host is not enough: a redirect, or a DNS answer that changes between
+the check and the connection, can lead anywhere. So while `download` runs, every socket
+connection its thread makes (yt-dlp's, whatever its HTTP library) is checked against the
+same rule by an audit hook on `socket.connect`, with the address actually connected to.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 import socket
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import BadInputError, RetryableError
 from .settings import Settings
+
+log = logging.getLogger(__name__)
+# worth another try; a name that does not resolve, a 404 or a refusal are not
+_TRANSIENT = re.compile(r"timed out|connection (refused|reset|aborted)|temporar|HTTP Error 5\d\d", re.I)
+
+
+class _YtDlpLog:
+    """yt-dlp prints its errors to stderr even when quiet; the error reaches the user
+    through the exception, so its own lines go to the log at debug level."""
+
+    def debug(self, msg: str) -> None:
+        log.debug("yt-dlp: %s", msg)
+
+    info = warning = error = debug
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,61 @@ def address_allowed(ip: str, allow_private: bool = False) -> bool:
     return allow_private and (addr.is_private or addr.is_loopback)
 
 
+def _allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(n, strict=False) for n in settings.url_allowed_networks]
+    except ValueError as exc:
+        raise BadInputError(f"TRANSCODE_URL_ALLOWED_NETWORKS: {exc}") from None
+
+
+def ip_allowed(ip: str, settings: Settings) -> bool:
+    """`address_allowed`, plus the networks the configuration opens explicitly."""
+    if address_allowed(ip, settings.allow_private_urls):
+        return True
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in _allowed_networks(settings))
+
+
+class _Guard(threading.local):
+    settings: Settings | None = None
+    refused: str | None = None
+
+
+_guard = _Guard()
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "socket.connect" or _guard.settings is None:
+        return
+    sock, address = args
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
+        return
+    ip = str(address[0])
+    if not ip_allowed(ip, _guard.settings):
+        _guard.refused = ip
+        # an OSError: the HTTP library fails the request the way it fails a refused connection
+        raise PermissionError(f"connection to {ip} refused: a private or reserved address")
+
+
+@contextmanager
+def connections_checked(settings: Settings):
+    """Every connection this thread makes inside the block goes to an allowed address."""
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            sys.addaudithook(_audit)  # for the life of the process; idle outside this block
+            _hook_installed = True
+    _guard.settings, _guard.refused = settings, None
+    try:
+        yield _guard
+    finally:
+        _guard.settings = None
+
+
 def check_url(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -51,15 +131,12 @@ def check_url(url: str, settings: Settings) -> None:
     except socket.gaierror as exc:
         raise BadInputError(f"cannot resolve {host}: {exc.strerror}") from None
     for info in infos:
-        ip = info[4][0]
-        if not address_allowed(ip, settings.allow_private_urls):
+        ip = str(info[4][0])
+        if not ip_allowed(ip, settings):
             raise BadInputError(f"refusing to fetch {host}: it resolves to {ip}, a private or reserved address")
 
 
 def download(url: str, dest: Path, settings: Settings) -> Fetched:
-    import yt_dlp
-    from yt_dlp.utils import DownloadError
-
     check_url(url, settings)
     dest.mkdir(parents=True, exist_ok=True)
     limit = settings.max_input_bytes
@@ -83,7 +160,28 @@ def download(url: str, dest: Path, settings: Settings) -> Fetched:
         "retries": 2,
         "format": "best",
         "overwrites": True,
+        # Python's own HTTP only: an ffmpeg child (HLS) or fixup would make connections and
+        # follow references that the guard below cannot see. Our probe reads the file later.
+        "hls_prefer_native": True,
+        "logger": _YtDlpLog(),
+        "fixup": "never",
     }
+    with connections_checked(settings) as guard:
+        try:
+            return _fetch(url, dest, opts, limit, settings)
+        except Exception:
+            for part in dest.glob("download.*"):  # a partial file must not look like a source
+                part.unlink(missing_ok=True)
+            if guard.refused:
+                raise BadInputError(f"refusing to fetch {url}: it led to {guard.refused} (a redirect or a changed "
+                                    "DNS answer), a private or reserved address") from None
+            raise
+
+
+def _fetch(url: str, dest: Path, opts: dict, limit: int, settings: Settings) -> Fetched:
+    import yt_dlp
+    from yt_dlp.utils import DownloadError
+
     try:
         with yt_dlp.YoutubeDL(opts) as ydl:
             info = ydl.extract_info(url, download=False)
@@ -92,18 +190,22 @@ def download(url: str, dest: Path, settings: Settings) -> Fetched:
             final = info.get("url") or url
             if final != url:
                 check_url(final, settings)
+            declared = info.get("filesize") or info.get("filesize_approx")
+            if declared and declared > limit:
+                raise BadInputError(f"the download is {int(declared)} bytes, over the size limit of {limit} bytes")
             info = ydl.process_ie_result(info, download=True)
             info = ydl.sanitize_info(info)
     except BadInputError:
         raise
     except DownloadError as exc:
         msg = str(exc).removeprefix("ERROR: ").splitlines()[0]
-        if "timed out" in msg.lower() or "connection" in msg.lower():
+        if _TRANSIENT.search(msg):
             raise RetryableError(f"download failed: {msg}") from None
         raise BadInputError(f"cannot download {url}: {msg}") from None
     files = [p for p in dest.iterdir() if p.is_file() and p.name.startswith("download.") and not p.name.endswith(".part")]
     if not files:
-        raise BadInputError(f"cannot download {url}: nothing was saved (over the size limit?)")
+        raise BadInputError(f"cannot download {url}: nothing was saved (larger than the size limit of {limit} "
+                            "bytes, or no media there)")
     if files[0].stat().st_size > limit:
         files[0].unlink()
         raise BadInputError(f"the download passed the size limit of {limit} bytes")
