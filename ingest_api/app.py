@@ -34,9 +34,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from transcoder.ingest import MEDIA_SUFFIXES  # the objects pickup-incoming takes are the ones taken here
+from transcoder.ingest import MEDIA_SUFFIXES, parse_s3_url, safe_ext  # pickup-incoming takes the same suffixes
 from transcoder.errors import BadInputError, TranscodeError
-from transcoder.ingest import safe_ext
 from transcoder.keys import upload as upload_key
 from transcoder.ladder import parse_rungs
 from transcoder.settings import Settings, get_settings
@@ -227,8 +226,11 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         if len(url) > MAX_URL_CHARS or any(ord(c) < 33 or ord(c) == 127 for c in url):
             raise ApiError(400, "the URL is too long or holds spaces or control characters")
         if url.startswith("s3://"):
-            bucket, _, key = url[5:].partition("/")
-            if bucket != storage.name or not key:
+            try:
+                bucket, key = parse_s3_url(url)
+            except BadInputError as exc:
+                raise ApiError(400, str(exc)) from None
+            if bucket != storage.name:
                 raise ApiError(400, f"only objects of this service's bucket are accepted: s3://{storage.name}/<key>")
             if await to_thread.run_sync(storage.head, key) is None:
                 raise ApiError(400, f"no such object: {url}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -312,3 +313,23 @@ def test_demo_gets_every_run_option():
     run = vars(build_parser().parse_args(["run", "x.mp4"]))
     demo_like = vars(build_parser().parse_args(["run", "x.mp4", "--output-dir", "out", "--verbose"]))
     assert set(run) == set(demo_like) and {"codec", "renditions", "crf", "preset"} <= set(run)
+
+
+@pytest.mark.parametrize("url, problem", [("s3://", "not an object address"), ("s3://bucket", "not an object address"),
+                                          ("s3://b/in/../x.mp4", "'..' segment"), ("s3://b/./x.mp4", "'..' segment")])
+def test_s3_addresses_are_checked(url, problem):
+    from transcoder.errors import BadInputError
+    from transcoder.ingest import parse_s3_url
+
+    with pytest.raises(BadInputError, match=re.escape(problem)):
+        parse_s3_url(url)
+    assert parse_s3_url("s3://b/in/a b;$(x).mp4") == ("b", "in/a b;$(x).mp4")
+
+
+def test_probe_messages_keep_the_error_line_only():
+    from transcoder.probe import _first_line
+
+    text = ("[mov,mp4 @ 0x55d] [warning] stream 0: start time not set\n"
+            "[IMGUTILS @ 0x7ffd915ca730] [error] Picture size 30000x30000 is invalid\n")
+    assert _first_line(text) == "Picture size 30000x30000 is invalid"
+    assert _first_line("moov atom not found\n") == "moov atom not found"

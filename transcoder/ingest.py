@@ -112,6 +112,17 @@ def ensure_local(source: SourceObject, storage: Storage, settings: Settings) -> 
     return local
 
 
+def parse_s3_url(origin: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key), or a BadInputError that says what is wrong."""
+    bucket, _, key = origin.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise BadInputError(f"not an object address: {origin!r} (expected s3://bucket/key)")
+    if any(part in (".", "..") for part in key.split("/")):
+        # S3 servers refuse such keys (400), and a local path made from one would climb out
+        raise BadInputError(f"the object key {key!r} has a '.' or '..' segment")
+    return bucket, key
+
+
 def _fetch(origin: str, staging: Path, storage: Storage, settings: Settings) -> tuple[Path, str]:
     if origin.startswith(("http://", "https://")):
         from .urlfetch import download
@@ -119,9 +130,7 @@ def _fetch(origin: str, staging: Path, storage: Storage, settings: Settings) -> 
         fetched = download(origin, staging, settings)
         return fetched.path, fetched.path.name
     if origin.startswith("s3://"):
-        bucket, _, key = origin[5:].partition("/")
-        if not bucket or not key:
-            raise BadInputError(f"not an object address: {origin!r} (expected s3://bucket/key)")
+        bucket, key = parse_s3_url(origin)
         other = Storage(storage.block.model_copy(update={"bucket_name": bucket}))
         if other.head(key) is None:
             raise BadInputError(f"no such object: {origin}")

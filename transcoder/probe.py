@@ -40,13 +40,19 @@ def probe(path: Path, settings: Settings) -> Probe:
         raise BadInputError("the file is empty (0 bytes)")
     if size > settings.max_input_bytes:
         raise BadInputError(f"the file is {size} bytes, over the limit of {settings.max_input_bytes}")
-    argv = [ffmpeg.FFPROBE, "-v", "error", "-hide_banner", "-of", "json", "-show_format", "-show_streams",
-            *ffmpeg.source_input(path)]
+    # warnings too, each tagged with its level: the one below is only a warning
+    argv = [ffmpeg.FFPROBE, "-loglevel", "level+warning", "-hide_banner", "-of", "json", "-show_format",
+            "-show_streams", *ffmpeg.source_input(path)]
     try:
-        out = ffmpeg.run(argv, PROBE_TIMEOUT, "probe").stdout
+        proc = ffmpeg.run(argv, PROBE_TIMEOUT, "probe")
     except FFmpegError as exc:
         raise BadInputError(f"not a readable video: {_first_line(exc.stderr) or exc.summary}") from None
-    data = json.loads(out or "{}")
+    if "external track" in proc.stderr:
+        # A QuickTime data reference (alias) to another file. ffmpeg does not follow it
+        # (enable_drefs is off), so the track would be read from bytes that are not its own.
+        raise BadInputError("the file refers to media in other files (a QuickTime data reference); "
+                            "submit a self-contained file")
+    data = json.loads(proc.stdout or "{}")
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     videos = [s for s in streams if s.get("codec_type") == "video"
@@ -225,9 +231,13 @@ def _float(value) -> float:
         return 0.0
 
 
+_LEVEL_TAG = re.compile(r"\[(fatal|error|warning)\] ")
+_CONTEXT = re.compile(r"\[[^\]]* @ 0x[0-9a-f]+\] ")  # "[IMGUTILS @ 0x7ffd...] ": not for a user
+
+
 def _first_line(text: str) -> str:
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line:
-            return line[:300]
-    return ""
+    """The first error line (level-tagged output: the first at error level or worse)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if any(_LEVEL_TAG.search(line) for line in lines):
+        lines = [line for line in lines if "[fatal] " in line or "[error] " in line] or lines
+    return _CONTEXT.sub("", _LEVEL_TAG.sub("", lines[0]))[:300] if lines else ""
