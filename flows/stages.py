@@ -126,12 +126,16 @@ def transcode_batch(plan: Plan, source: SourceObject, chunks: list[int], probe: 
                      len(failures), total, ", ".join(sorted(failed)))
         raise failures[0]
 
-    # A cache record outlives its object if someone deleted it: redo those tasks.
+    # A cache record outlives its object if someone deleted it, and an object written over
+    # (corrupted, even with its metadata) no longer has the ETag the record holds: redo those.
     storage = Storage(results)
     stale = [(chunk, rung) for rung in plan.rungs for chunk in order
-             if not storage.holds((seg := by_key[(rung.name, chunk.index)]).key, seg.sha256)]
+             if not storage.holds((seg := by_key[(rung.name, chunk.index)]).key, seg.sha256, seg.size, seg.etag)]
     if stale:
-        logger.warning("%d cached segments are gone from storage; encoding them again", len(stale))
+        logger.warning("%d cached segments are gone from storage or changed; encoding them again (%s)", len(stale),
+                       ", ".join(f"{rung.name}/{chunk.index:05d}" for chunk, rung in stale))
+        for chunk, rung in stale:
+            storage.delete(by_key[(rung.name, chunk.index)].key)  # the task must not find it "done"
         redo = transcode.with_options(refresh_cache=True)
         for future in [redo.submit(plan, source, chunk, rung) for chunk, rung in stale]:
             seg = future.result()

@@ -31,8 +31,9 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
         for seg in sorted(segments, key=lambda s: s.index):
             path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}{Path(seg.key).suffix}")
             if sha256_file(path) != seg.sha256:
+                storage.delete(seg.key)  # never assembled, never trusted again: a rerun encodes it anew
                 raise VerificationError(f"{rung.name} segment {seg.index:05d} in storage is not the one encoded "
-                                        f"(sha256 differs): rerun to redo it")
+                                        f"(sha256 differs); it was removed: rerun to encode it again")
             local_segments.append((seg, path))
         audio_path = storage.download(audio.key, scratch / "audio.m4a") if audio else None
         out = scratch / f"{plan.video_id}_{rung.name}.mp4"

@@ -97,3 +97,10 @@ def delete_project_deployments() -> int:
         for deployment in found:
             client.delete_deployment(deployment.id)  # its automations go with it
     return len(found)
+
+
+def video_md5(path: Path) -> str:
+    """MD5 of the video stream's packets: the same encode, whatever the container around it."""
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-c", "copy", "-f", "md5", "-"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip()

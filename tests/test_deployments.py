@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checks import child_runs, delete_project_deployments, wait_final
+from tests.checks import child_runs, delete_project_deployments, video_md5, wait_final
 from transcoder.stack import save_blocks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,12 +84,6 @@ def deployed(s3_server, prefect_server, tmp_path_factory):
             pass
         proc.wait(timeout=30)
     delete_project_deployments()
-
-
-def video_md5(path: Path) -> str:
-    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-c", "copy", "-f", "md5", "-"],
-                         capture_output=True, text=True, check=True).stdout
-    return out.strip()
 
 
 def test_setup_made_pool_queues_and_deployments(deployed):

@@ -206,6 +206,7 @@ class Segment(Frozen):
     size: int
     sha256: str
     quality: Quality | None = None  # None when measuring was switched off
+    etag: str | None = None  # the object's ETag after upload: any later overwrite changes it
 
 
 class AudioTrack(Frozen):

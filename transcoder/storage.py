@@ -104,19 +104,29 @@ class Storage:
         return path
 
     def head(self, key: str) -> dict | None:
-        """Size and user metadata of an object, or None when it does not exist."""
+        """Size, user metadata and ETag of an object, or None when it does not exist."""
         try:
             resp = self.client.head_object(Bucket=self.name, Key=key)
         except self.client.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise RetryableError(f"storage lookup of {key} failed: {exc}") from exc
-        return {"size": resp["ContentLength"], "metadata": resp.get("Metadata", {})}
+        return {"size": resp["ContentLength"], "metadata": resp.get("Metadata", {}), "etag": resp.get("ETag")}
 
-    def holds(self, key: str, sha256: str, size: int | None = None) -> bool:
-        """Whether `key` is the object with this sha256 (metadata written at upload)."""
+    def holds(self, key: str, sha256: str, size: int | None = None, etag: str | None = None) -> bool:
+        """Whether `key` is the object with this sha256 (metadata written at upload).
+
+        With `etag` (the one seen right after the upload), bytes written over the object
+        since, even with its metadata copied, do not pass: the server's ETag changed."""
         found = self.head(key)
-        return bool(found) and found["metadata"].get("sha256") == sha256 and size in (None, found["size"])
+        return (bool(found) and found["metadata"].get("sha256") == sha256 and size in (None, found["size"])
+                and etag in (None, found["etag"]))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.name, Key=key)
+        except Exception as exc:
+            raise RetryableError(f"delete of {key} failed: {exc}") from exc
 
     def put_json(self, key: str, value: Any) -> None:
         self.put_text(key, json.dumps(value, indent=2, sort_keys=True, default=str), "application/json")

@@ -31,7 +31,7 @@ def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Se
         return None
     quality = Quality.model_validate_json(meta["quality"]) if meta.get("quality") else None
     return Segment(rung=rung.name, index=chunk.index, key=key, frames=chunk.out_frames,
-                   size=found["size"], sha256=meta["sha256"], quality=quality)
+                   size=found["size"], sha256=meta["sha256"], quality=quality, etag=found["etag"])
 
 
 def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], storage: Storage,
@@ -66,8 +66,10 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
                 meta["quality"] = quality.model_dump_json()
             storage.upload(path, key, metadata=meta,
                            content_type="video/mp2t" if path.suffix == ".ts" else "application/octet-stream")
+            stored = storage.head(key)  # its ETag, so a later overwrite is seen (Storage.holds)
             segments.append(Segment(rung=rung.name, index=chunk.index, key=key, frames=chunk.out_frames,
-                                    size=path.stat().st_size, sha256=sha, quality=quality))
+                                    size=path.stat().st_size, sha256=sha, quality=quality,
+                                    etag=stored["etag"] if stored else None))
         return segments
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
