@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench up down clean image
+.PHONY: setup demo test chaos bench up down clean image
 
 setup:
 	@bash infra/setup.sh
@@ -15,6 +15,11 @@ test:
 	@bash infra/setup.sh --test
 	@bash infra/docker-setup.sh
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# failure injection only (the full suite runs it too): docs/reliability.md
+chaos:
+	@bash infra/setup.sh --test
+	@$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) benchmarks/bench_core.py

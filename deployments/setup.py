@@ -124,7 +124,7 @@ def prepare_bucket(settings) -> list[str]:
 
 async def ensure_pool(name: str, pool_type: str, project_file: Path = PROJECT_FILE) -> list[str]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate, WorkQueueCreate, WorkQueueUpdate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 

@@ -33,7 +33,7 @@ from tasks.report import cleanup, publish_report
 from tasks.thumbnails import make_thumbnails
 from tasks.transcode import transcode_chunk
 from transcoder import keys
-from transcoder.models import (AudioTrack, BatchResult, EncoderReport, EncoderSettings, Plan, Probe, Rendition, Rung,
+from transcoder.models import (BatchResult, EncoderReport, EncoderSettings, Plan, Probe, Rendition, Rung,
                                Segment, SourceObject, TranscodeResult)
 from transcoder.quality import rung_quality
 from transcoder.settings import get_settings

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -104,3 +107,28 @@ def video_md5(path: Path) -> str:
     out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-c", "copy", "-f", "md5", "-"],
                          capture_output=True, text=True, check=True).stdout
     return out.strip()
+
+
+class FFmpegSignaller(threading.Thread):
+    """Sends `sig` (SIGKILL by default; SIGSTOP hangs it) to the real ffmpeg processes
+    working on one chunk, `times` times."""
+
+    def __init__(self, chunk: str, times: int, sig: int = signal.SIGKILL):
+        super().__init__(daemon=True)
+        self.needle, self.times, self.sig, self.killed = f"chunk_{chunk}-".encode(), times, sig, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set() and self.killed < self.times:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"ffmpeg\0") and self.needle in cmd:
+                    try:
+                        os.kill(int(pid), self.sig)
+                        self.killed += 1
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.01)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
-import time
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -18,33 +14,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
+from tests.checks import FFmpegSignaller as FFmpegKiller
 from tests.checks import video_md5
 
 CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
-
-
-class FFmpegKiller(threading.Thread):
-    """Kills (SIGKILL) real ffmpeg processes working on one chunk, `times` times."""
-
-    def __init__(self, chunk: str, times: int):
-        super().__init__(daemon=True)
-        self.needle, self.times, self.killed = f"chunk_{chunk}-".encode(), times, 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set() and self.killed < self.times:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if cmd.startswith(b"ffmpeg\0") and self.needle in cmd:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                        self.killed += 1
-                    except ProcessLookupError:
-                        pass
-            time.sleep(0.01)
 
 
 def task_runs(flow_run_id) -> dict[str, int]:

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from .errors import BadInputError, TranscodeError
 from .settings import get_settings

@@ -8,6 +8,7 @@ prints a `BadInputError` as one line without a traceback.
 
 from __future__ import annotations
 
+import errno
 import shlex
 
 
@@ -25,6 +26,20 @@ class BadInputError(TranscodeError):
 
 class VerificationError(TranscodeError):
     """An output did not match the plan (frame count, duration, decodability)."""
+
+
+class DiskFullError(TranscodeError):
+    """No space left on the worker's disk. Not retried at once (the space is still gone);
+    what was finished is stored, so a rerun after freeing space redoes only the rest."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}: no space left on the device (free some space under TRANSCODE_DATA_DIR "
+                         "and rerun: finished chunks are kept)")
+        self.summary = str(self)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 class FFmpegError(RetryableError):

@@ -16,7 +16,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import FFmpegError, FFmpegTimeout
+from .errors import DiskFullError, FFmpegError, FFmpegTimeout
 from .models import stable_hash
 
 log = logging.getLogger("transcoder.ffmpeg")
@@ -84,6 +84,8 @@ def run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProce
         proc.wait()
         raise
     if proc.returncode != 0:
+        if "No space left on device" in err:
+            raise DiskFullError(what)
         if proc.returncode < 0:
             reason = f"killed by signal {signal.Signals(-proc.returncode).name}"
         else:

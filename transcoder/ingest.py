@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from . import keys
-from .errors import BadInputError
+from .errors import BadInputError, DiskFullError, is_disk_full
 from .models import SourceObject
 from .settings import Settings
 from .storage import Storage
@@ -151,7 +151,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise DiskFullError(f"copy of the source to {dst.parent}") from None
+            raise
     os.replace(tmp, dst)
 
 

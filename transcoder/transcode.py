@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 from . import encode, ffmpeg, keys
-from .errors import VerificationError
+from .errors import DiskFullError, FFmpegError, VerificationError
 from .ingest import sha256_file
 from .models import Chunk, Plan, Quality, Rung, Segment
 from .quality import measure_outputs
 from .settings import Settings
 from .storage import Storage
 from .verify import decoded_frames
+from .workspace import out_of_space
 
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
@@ -45,18 +46,12 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
     media_seconds = chunk.out_frames / float(plan.fps)
     timeout = max(settings.ffmpeg_min_timeout, settings.ffmpeg_timeout_per_media_second * media_seconds)
     try:
-        proc = ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r in rungs)})")
-        qualities: list[Quality | None] = (
-            list(measure_outputs(proc.stderr, source, plan, chunk, outputs, scratch, settings.max_dimension**2,
-                                 timeout)) if measure else [None] * len(outputs))
-        for (rung, path), quality in zip(outputs, qualities):
-            if quality is not None and quality.method == "ffmpeg":
-                continue  # decoded whole by the comparison
-            frames = decoded_frames(path, timeout)
-            if frames != chunk.out_frames:
-                raise VerificationError(
-                    f"chunk {chunk.name} {rung.name}: {frames} frames decoded, the plan has {chunk.out_frames}"
-                )
+        try:
+            qualities = _encode_and_check(argv, source, plan, chunk, outputs, scratch, settings, timeout)
+        except (FFmpegError, VerificationError):
+            if out_of_space(scratch):
+                raise DiskFullError(f"transcode chunk {chunk.name}") from None
+            raise
         segments = []
         for (rung, path), quality in zip(outputs, qualities):
             sha = sha256_file(path)
@@ -73,3 +68,20 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
         return segments
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _encode_and_check(argv: list[str], source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
+                      scratch: Path, settings: Settings, timeout: float) -> list[Quality | None]:
+    """Run the chunk's ffmpeg; every output decodes whole to the planned frame count."""
+    proc = ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r, _ in outputs)})")
+    qualities: list[Quality | None] = (
+        list(measure_outputs(proc.stderr, source, plan, chunk, outputs, scratch, settings.max_dimension**2, timeout))
+        if settings.quality_metrics else [None] * len(outputs))
+    for (rung, path), quality in zip(outputs, qualities):
+        if quality is not None and quality.method == "ffmpeg":
+            continue  # decoded whole by the comparison
+        frames = decoded_frames(path, timeout)
+        if frames != chunk.out_frames:
+            raise VerificationError(
+                f"chunk {chunk.name} {rung.name}: {frames} frames decoded, the plan has {chunk.out_frames}")
+    return qualities

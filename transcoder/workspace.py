@@ -5,18 +5,37 @@ Two runs of the same video (or a retry beside a straggler) never write the same 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import DiskFullError, is_disk_full
 from .settings import Settings
 
 
 def scratch_dir(settings: Settings, video_id: str, name: str) -> Path:
     root = settings.work_dir / video_id / "scratch"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(f"scratch folder for {name}") from None
+        raise
 
 
 def remove_scratch(settings: Settings, video_id: str) -> None:
     shutil.rmtree(settings.work_dir / video_id, ignore_errors=True)
+
+
+def out_of_space(path: Path, margin: int = 1 << 20) -> bool:
+    """Whether the filesystem holding `path` has less than `margin` bytes left.
+
+    ffmpeg's MPEG-TS muxer ignores write errors (a full disk gives a truncated file and
+    exit status 0), so a failed check of a fresh output asks this before blaming the input."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin

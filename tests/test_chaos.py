@@ -1,0 +1,203 @@
+"""Failure injection (`make chaos`): a fault in the middle of a run, then the run (or a
+plain rerun) finishes with the same video streams as a clean run, redoing only what the
+fault lost. Each test runs a clean transcode first, empties the bucket, then the faulty one.
+
+Faults here: an ffmpeg that hangs, the S3 server gone for 20 s, a full disk. Elsewhere:
+a killed ffmpeg (test_cache_and_retries), a killed stage worker process
+(test_deployments), a segment corrupted in storage (test_cache_and_retries).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tests.checks import FFmpegSignaller, video_md5
+from transcoder.stack import save_blocks, start_seaweed
+
+pytestmark = pytest.mark.chaos
+CHUNKING = {"chunk_seconds": 2.0, "gop_seconds": 1.0}
+
+
+def clean_run(engine, src: Path, tmp_path: Path) -> str:
+    """The reference: a run without faults; its video md5. The bucket is emptied after,
+    so the faulty run starts from nothing."""
+    from flows.transcode import transcode_video
+
+    result = transcode_video(str(src), renditions="240p", **CHUNKING)
+    md5 = video_md5(engine.download(result.renditions[0].key, tmp_path / "clean.mp4"))
+    for key in engine.keys():
+        engine.s3.delete_object(Bucket=engine.bucket, Key=key)
+    shutil.rmtree(engine.settings.data_dir / "work", ignore_errors=True)
+    return md5
+
+
+def test_hung_ffmpeg_is_killed_by_its_timeout_and_the_chunk_retried(engine, media, tmp_path, monkeypatch):
+    from flows.transcode import transcode_video
+    from transcoder.settings import reload_settings
+
+    src = media("standard", seconds=6)
+    reference = clean_run(engine, src, tmp_path)
+    monkeypatch.setenv("TRANSCODE_FFMPEG_MIN_TIMEOUT", "20")
+    monkeypatch.setenv("TRANSCODE_FFMPEG_TIMEOUT_PER_MEDIA_SECOND", "1")
+    reload_settings()
+    hang = FFmpegSignaller("00001", times=1, sig=signal.SIGSTOP)  # alive, never finishing
+    hang.start()
+    state = transcode_video(str(src), renditions="240p", return_state=True, **CHUNKING)
+    hang.stop.set()
+    assert hang.killed == 1 and state.is_completed(), state
+    result = state.result()
+    assert result.transcoded == result.chunks  # each chunk once; the hung one's retry is the same task
+    assert video_md5(engine.download(result.renditions[0].key, tmp_path / "after.mp4")) == reference
+
+
+# --- the S3 server gone for 20 s -------------------------------------------------------
+
+
+class OwnS3:
+    """A SeaweedFS of this test alone, on a fixed port, that can be stopped and started."""
+
+    def __init__(self, root: Path):
+        from transcoder.stack import free_port
+
+        self.root, self.key, self.secret = root, "chaos-" + secrets.token_hex(4), secrets.token_urlsafe(24)
+        self.port = free_port(set())
+        self.start()
+
+    def start(self) -> None:
+        self.proc, self.endpoint = start_seaweed(self.root / "data", self.key, self.secret, self.root / "weed.log",
+                                                 s3_port=self.port)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key,
+                            aws_secret_access_key=self.secret, region_name="us-east-1")
+
+
+@pytest.fixture
+def own_s3_engine(prefect_server, data_dir, tmp_path_factory, monkeypatch):
+    from tests.conftest import Engine
+    from transcoder.settings import reload_settings
+    from transcoder.storage import forget_buckets
+
+    server = OwnS3(tmp_path_factory.mktemp("own-s3"))
+    bucket = "chaos-" + secrets.token_hex(5)
+    server.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("TRANSCODE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("TRANSCODE_BUCKET", bucket)
+    monkeypatch.setenv("TRANSCODE_STORAGE_BLOCK", bucket)
+    settings = reload_settings()
+    forget_buckets()
+    save_blocks(server.endpoint, server.key, server.secret, settings)
+    yield server, Engine(s3=server.client(), bucket=bucket, settings=settings)
+    reload_settings()
+    forget_buckets()
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def test_s3_gone_for_20_seconds_mid_run(own_s3_engine, media, tmp_path):
+    """Stopped (killed) once the first segments are stored, started again 20 s later on
+    the same port and data: the run waits it out (storage calls retry with backoff)."""
+    from flows.transcode import transcode_video
+
+    server, engine = own_s3_engine
+    src = media("standard", seconds=12)
+    reference = clean_run(engine, src, tmp_path)
+    outage: dict = {}
+
+    def cut_the_power() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(engine.keys(prefix="")) < 6:
+            time.sleep(0.2)
+        server.stop()
+        outage["stopped"] = time.monotonic()
+        time.sleep(20)
+        server.start()
+        outage["back"] = time.monotonic()
+
+    saboteur = threading.Thread(target=cut_the_power, daemon=True)
+    saboteur.start()
+    state = transcode_video(str(src), renditions="240p", return_state=True, **CHUNKING)
+    saboteur.join(timeout=120)
+    assert outage.get("back"), "the outage did not happen during the run"
+    if not state.is_completed():  # the promise when a run does not ride it out: a rerun finishes
+        warnings.warn(f"the run failed during the S3 outage: {state.message}; rerunning")
+        state = transcode_video(str(src), renditions="240p", return_state=True, **CHUNKING)
+    assert state.is_completed(), state
+    result = state.result()
+    assert video_md5(engine.download(result.renditions[0].key, tmp_path / "after.mp4")) == reference
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (needs root, as the README's commands have); skipped loudly without."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        warnings.warn(f"cannot mount a tmpfs ({proc.stderr.strip()}): the full-disk test is skipped")
+        pytest.skip("no tmpfs: " + proc.stderr.strip())
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_fails_the_task_clearly_and_a_rerun_redoes_only_the_rest(engine, media, tmp_path, monkeypatch,
+                                                                            small_disk):
+    from flows.transcode import transcode_video
+    from transcoder.errors import DiskFullError
+    from transcoder.settings import reload_settings
+
+    src = media("standard", seconds=12)
+    reference = clean_run(engine, src, tmp_path)
+    monkeypatch.setenv("TRANSCODE_DATA_DIR", str(small_disk / "data"))
+    monkeypatch.setenv("TRANSCODE_MAX_WORKERS", "1")  # chunks in order: some are done when the disk fills
+    reload_settings()
+    filler = small_disk / "filler"
+
+    def fill_once_chunks_are_stored() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(engine.keys(prefix="")) < 4:
+            time.sleep(0.05)
+        with open(filler, "wb") as out:  # every byte left, then a little more
+            try:
+                while True:
+                    out.write(b"\0" * (1 << 20))
+                    out.flush()
+            except OSError:
+                pass
+
+    filling = threading.Thread(target=fill_once_chunks_are_stored, daemon=True)
+    filling.start()
+    state = transcode_video(str(src), renditions="240p", return_state=True, **CHUNKING)
+    filling.join(timeout=60)
+    assert state.is_failed(), state
+    with pytest.raises(DiskFullError, match="no space left on the device") as err:
+        state.result()
+    assert "\n" not in str(err.value)
+    assert not engine.keys("encoded/"), "nothing may look finished after a failed run"
+    stored_before = {k for k in engine.keys() if "/segments/" in k}
+    assert stored_before, "no chunk was finished before the disk filled"
+
+    filler.unlink()
+    again = transcode_video(str(src), renditions="240p", **CHUNKING)
+    assert again.cached == len(stored_before) and again.transcoded == again.chunks - len(stored_before)
+    assert video_md5(engine.download(again.renditions[0].key, tmp_path / "after.mp4")) == reference
