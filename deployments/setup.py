@@ -45,6 +45,12 @@ LIFECYCLE_RULES = [
         "Status": "Enabled",
         "Expiration": {"Days": 7},
     },
+    {   # cache-key locks (transcoder/locks.py) whose holder died and nobody took over
+        "ID": "expire-stale-locks",
+        "Filter": {"Prefix": "locks/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 1},
+    },
     {
         "ID": "abort-incomplete-multipart-uploads",
         "Filter": {"Prefix": ""},

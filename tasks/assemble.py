@@ -16,11 +16,11 @@ from transcoder.storage import Storage
 from transcoder.verify import verify_rendition
 from transcoder.workspace import scratch_dir
 
-from .common import AssembleCache, retry_transient
+from .common import AssembleCache, locked, retry_transient
 
 
 @task(name="assemble", task_run_name="assemble-{rung.name}", retries=2, retry_delay_seconds=1,
-      retry_condition_fn=retry_transient, cache_policy=AssembleCache(), persist_result=True)
+      retry_condition_fn=retry_transient, cache_policy=locked(AssembleCache()), persist_result=True)
 def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: AudioTrack | None) -> Rendition:
     """Concat + mux + faststart, verify the whole file, and only then publish it."""
     settings = get_settings()

@@ -12,11 +12,11 @@ from transcoder.settings import get_settings
 from transcoder.storage import Storage
 from transcoder.workspace import scratch_dir
 
-from .common import AudioCache, retry_transient
+from .common import AudioCache, locked, retry_transient
 
 
 @task(name="audio", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_transient,
-      cache_policy=AudioCache(), persist_result=True)
+      cache_policy=locked(AudioCache()), persist_result=True)
 def encode_audio(plan: Plan, source: SourceObject, probe: Probe) -> AudioTrack:
     """The audio, encoded once for every rendition (per-chunk AAC drifts at joints)."""
     settings = get_settings()

@@ -60,6 +60,16 @@ class AssembleCache(CachePolicy):
         return f"{plan.video_id}/cache/assemble-{rung.name}/{plan.profile_hash(rung)}/{stable_hash(parts)[:24]}/{encoder_version()}"
 
 
+def locked(policy: CachePolicy) -> CachePolicy:
+    """`policy` with its key locked in the bucket while the task runs (transcoder.locks):
+    a second run of the same video waits for the first and then finds its record."""
+    from prefect.transactions import IsolationLevel
+
+    from transcoder.locks import S3LockManager
+
+    return policy.configure(isolation_level=IsolationLevel.SERIALIZABLE, lock_manager=S3LockManager())
+
+
 class KeyedLocks:
     """One lock per key, for threads of this process (e.g. the rungs of one chunk)."""
 

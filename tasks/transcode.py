@@ -10,7 +10,7 @@ from transcoder.storage import Storage
 from transcoder.transcode import encode_chunk, stored_segment
 from transcoder.workspace import scratch_dir
 
-from .common import ChunkRungCache, KeyedLocks, retry_transient
+from .common import ChunkRungCache, KeyedLocks, locked, retry_transient
 
 _chunk_locks = KeyedLocks()
 
@@ -21,7 +21,7 @@ _chunk_locks = KeyedLocks()
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=retry_transient,
-    cache_policy=ChunkRungCache(),
+    cache_policy=locked(ChunkRungCache()),
     persist_result=True,
 )
 def transcode_chunk(plan: Plan, source: SourceObject, chunk: Chunk, rung: Rung) -> Segment:

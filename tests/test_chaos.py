@@ -201,3 +201,56 @@ def test_full_disk_fails_the_task_clearly_and_a_rerun_redoes_only_the_rest(engin
     again = transcode_video(str(src), renditions="240p", **CHUNKING)
     assert again.cached == len(stored_before) and again.transcoded == again.chunks - len(stored_before)
     assert video_md5(engine.download(again.renditions[0].key, tmp_path / "after.mp4")) == reference
+
+
+# --- the same video twice at the same moment --------------------------------------------
+
+
+class EncodeCounter(threading.Thread):
+    """The chunk-encoding ffmpeg processes of this machine, seen by polling /proc."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: dict[int, str] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                if int(pid) in self.seen:
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if cmd.startswith(b"ffmpeg\0") and b"-filter_complex" in cmd and b"/chunk_" in cmd:
+                    self.seen[int(pid)] = cmd.split(b"/chunk_")[1][:5].decode()
+            time.sleep(0.005)
+
+
+def test_two_runs_of_one_video_at_once_encode_each_chunk_once(engine, media, tmp_path, cli_env):
+    """Two processes (as two workers would be) start the same video together: every
+    chunk x rung is encoded by one of them (the cache key is locked in the bucket,
+    transcoder/locks.py), the other waits and takes the record; one set of outputs."""
+    import json
+    import sys
+
+    src = media("standard", seconds=12)
+    argv = [sys.executable, "-m", "transcoder.cli", "run", str(src), "--renditions", "240p,144p", "--json",
+            "--chunk-seconds", "2", "--gop-seconds", "1"]
+    encodes = EncodeCounter()
+    encodes.start()
+    procs = [subprocess.Popen(argv, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    encodes.stop.set()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    first, second = (json.loads(out) for out, _ in outs)
+    assert first["video_id"] == second["video_id"]
+    work = first["chunks"] * 2
+    assert first["transcoded"] + second["transcoded"] == work, (first["transcoded"], second["transcoded"])
+    assert first["cached"] + second["cached"] == work
+    assert [r["sha256"] for r in first["renditions"]] == [r["sha256"] for r in second["renditions"]]
+    assert not engine.keys("locks/"), "every lock was released"
+    # the processes themselves: one chunk ffmpeg (both rungs) per chunk, in either run
+    assert len(encodes.seen) == first["chunks"], sorted(encodes.seen.values())

@@ -94,7 +94,7 @@ def test_setup_made_pool_queues_and_deployments(deployed):
     rules = {r["ID"]: r for r in deployed.s3.get_bucket_lifecycle_configuration(Bucket=deployed.bucket)["Rules"]}
     assert rules["expire-chunk-intermediates"]["Filter"] == {"Tag": {"Key": "transcode-intermediate", "Value": "chunk"}}
     assert rules["expire-chunk-intermediates"]["Expiration"] == {"Days": 1}
-    assert "abort-incomplete-multipart-uploads" in rules and "expire-api-uploads" in rules
+    assert {"abort-incomplete-multipart-uploads", "expire-api-uploads", "expire-stale-locks"} <= set(rules)
     with get_client(sync_client=True) as client:
         queues = {q.name: q for q in client.read_work_queues(work_pool_name=deployed.pool)}
         assert {"orchestrate", "download", "metadata", "split", "transcode", "merge"} <= set(queues)
