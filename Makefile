@@ -13,6 +13,7 @@ demo: setup
 
 test:
 	@bash infra/setup.sh --test
+	@bash infra/audit.sh
 	@bash infra/docker-setup.sh
 	@$(PY) -m pytest $(PYTEST_ARGS)
 

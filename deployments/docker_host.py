@@ -180,7 +180,7 @@ def start_dockerd(root: Path, timeout: float = 90, bridge: bool = False, data_ro
             (root / STATE_FILE).unlink()
     short_dir = None
     if len(str(root)) > MAX_SHORT_ROOT:  # sockets need short paths: keep them in /tmp
-        short_dir = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))
+        short_dir = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))  # mkdtemp: private and unique  # nosec B108
         run_dir = short_dir
     else:
         run_dir = root
