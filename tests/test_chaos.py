@@ -254,3 +254,58 @@ def test_two_runs_of_one_video_at_once_encode_each_chunk_once(engine, media, tmp
     assert not engine.keys("locks/"), "every lock was released"
     # the processes themselves: one chunk ffmpeg (both rungs) per chunk, in either run
     assert len(encodes.seen) == first["chunks"], sorted(encodes.seen.values())
+
+
+# --- the Prefect server restarted -------------------------------------------------------
+
+
+def test_prefect_server_restarted_mid_run(s3_server, media, tmp_path, cli_env):
+    """A server of this test alone (its own database), stopped once the first segments
+    are stored and started again on the same port: the run's API calls retry until it
+    is back, and the run completes."""
+    import json
+    import sys
+
+    from transcoder.stack import free_port, start_prefect_server
+
+    home, port = tmp_path / "prefect-home", free_port(set())
+    server, url = start_prefect_server(home, port, tmp_path / "prefect.log")
+    bucket = "restart-" + secrets.token_hex(5)
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket=bucket)
+    env = {k: v for k, v in cli_env.items() if not k.startswith("TRANSCODE_")}
+    env.update({"PREFECT_API_URL": url, "TRANSCODE_BUCKET": bucket, "TRANSCODE_STORAGE_BLOCK": bucket,
+                "TRANSCODE_DATA_DIR": str(tmp_path / "data"), "PREFECT_CLIENT_MAX_RETRIES": "10"})
+    subprocess.run([sys.executable, "-c", "import sys; from transcoder.stack import save_blocks; "
+                    "from transcoder.settings import get_settings; save_blocks(*sys.argv[1:], get_settings())",
+                    s3_server.endpoint, s3_server.access_key, s3_server.secret_key], env=env, check=True, timeout=120)
+    src = media("standard", seconds=12)
+    argv = [sys.executable, "-m", "transcoder.cli", "run", str(src), "--renditions", "240p", "--json",
+            "--chunk-seconds", "2", "--gop-seconds", "1"]
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    restarted = {}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            found = s3.list_objects_v2(Bucket=bucket, Prefix="").get("Contents", [])
+            if sum("/segments/" in o["Key"] for o in found) >= 2:
+                break
+            time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        restarted["down"] = time.monotonic()
+        server, _ = start_prefect_server(home, port, tmp_path / "prefect.log")
+        restarted["up"] = time.monotonic()
+        out, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert run.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["transcoded"] == result["chunks"]  # nothing twice
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="encoded/").get("Contents", [])]
+    assert keys == [f"encoded/{result['video_id']}_240p.mp4"]
+    down = restarted["up"] - restarted["down"]
+    print(f"server down for {down:.1f} s")
