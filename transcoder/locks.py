@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from .errors import RetryableError
 from .storage import Storage, get_bucket
 
 LEASE_SECONDS = 60.0
@@ -96,19 +97,24 @@ def _put(storage: Storage, key: str, holder: str, if_match: str | None = None) -
         code = str(exc.response.get("Error", {}).get("Code"))
         if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
             return None
-        raise
+        raise RetryableError(f"lock on {key}: {exc}") from exc
+    except Exception as exc:  # unreachable storage (after botocore's own retries): the task retries
+        raise RetryableError(f"lock on {key}: {exc}") from exc
     return resp.get("ETag")
 
 
 def _read(storage: Storage, key: str) -> tuple[dict[str, Any], str] | None:
     try:
         resp = storage.client.get_object(Bucket=storage.name, Key=_object(key))
+        body = resp["Body"].read()
     except storage.client.exceptions.ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404", "NotFound"):
             return None
-        raise
+        raise RetryableError(f"lock on {key}: {exc}") from exc
+    except Exception as exc:
+        raise RetryableError(f"lock on {key}: {exc}") from exc
     try:
-        return json.loads(resp["Body"].read()), resp["ETag"]
+        return json.loads(body), resp["ETag"]
     except ValueError:
         return {"until": 0}, resp["ETag"]  # unreadable: treat as expired
 
@@ -166,7 +172,10 @@ class S3LockManager:
         lease, _ = found
         if lease.get("holder") != holder:
             raise ValueError(f"lock on {key} is held by another holder, not {holder}")
-        storage.client.delete_object(Bucket=storage.name, Key=_object(key))
+        try:
+            storage.client.delete_object(Bucket=storage.name, Key=_object(key))
+        except Exception as exc:  # left behind, it expires with its lease
+            raise RetryableError(f"lock on {key}: release failed: {exc}") from exc
 
     def is_locked(self, key: str) -> bool:
         found = _read(self._storage(), key)
