@@ -237,7 +237,8 @@ def test_url_submissions(api, tiny_mp4):
     for url, words in (("ftp://93.184.216.34/x.mp4", "only http and https"), ("/etc/passwd", "only http"),
                        ("file:///etc/passwd", "only http"), ("http:///x", "no host"),
                        ("s3://other-bucket/x.mp4", "only objects of this service's bucket"),
-                       (f"s3://{engine.bucket}/", "only objects"),
+                       (f"s3://{engine.bucket}/", "not an object address"),
+                       (f"s3://{engine.bucket}/in/../x.mp4", "'..' segment"),
                        (f"s3://{engine.bucket}/incoming/missing.mp4", "no such object"),
                        ("http://93.184.216.34/a b", "spaces")):
         resp = api.http.post("/videos", json={"url": url})
