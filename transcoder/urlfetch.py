@@ -48,15 +48,21 @@ class Fetched:
     url: str
 
 
+def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address an IP string names: an IPv6 zone id dropped, IPv4-mapped IPv6 unwrapped."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
 def address_allowed(ip: str, allow_private: bool = False) -> bool:
     """Only public unicast addresses, unless private ones are allowed by configuration.
 
     Metadata (169.254.169.254), link-local, multicast, reserved and unspecified
     addresses are refused even then.
     """
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+    addr = _address(ip)
     if addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
         return False
     if addr.is_global:
@@ -75,9 +81,7 @@ def ip_allowed(ip: str, settings: Settings) -> bool:
     """`address_allowed`, plus the networks the configuration opens explicitly."""
     if address_allowed(ip, settings.allow_private_urls):
         return True
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])  # an IPv6 zone id is not part of the address
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
+    addr = _address(ip)
     return any(addr in net for net in _allowed_networks(settings))
 
 
