@@ -7,8 +7,8 @@ deployment on its own work queue (the earlier Temporal system's worker kinds):
     transcode-batch   transcode   chunks x rungs (+ the audio, once), cached on content hashes
     merge-video       merge       MP4 per rung, HLS, thumbnails, report, player page
 
-The parent flow calls them in-process (mode "local") or through `run_deployment`
-(mode "deployments"); the code below is the same either way. Stages exchange small
+The parent flow calls their functions in its own run (mode "local": their tasks show in
+the parent run) or runs them through `run_deployment` (mode "deployments"); the code below is the same either way. Stages exchange small
 typed values; the media itself is in object storage, so any worker can pick up any stage.
 """
 

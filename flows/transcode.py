@@ -1,7 +1,7 @@
 """The `transcode-video` flow: download -> probe -> split -> transcode (chunks x rungs, in
 batches) -> merge, each stage a flow of its own (flows/stages.py).
 
-`mode="local"` (the default) runs every stage in this process: the chunk x rung map runs
+`mode="local"` (the default) runs every stage in this process and this flow run: the chunk x rung map runs
 on a ThreadPoolTaskRunner bounded by the cores (`TRANSCODE_MAX_WORKERS`); ffmpeg does
 the work, so threads suffice. `mode="deployments"` sends each stage to its deployment's
 work queue and the chunks out in batches across every `transcode` worker. The pipeline's
@@ -15,6 +15,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.dispatch import MODES, Mode, StageRunner
@@ -51,7 +52,9 @@ def batches(plan: Plan, mode: Mode, batch_chunks: int) -> list[list[int]]:
     return [indexes[i:i + size] for i in range(0, len(indexes), size)]
 
 
-@flow(name="transcode-video", flow_run_name=_run_name, validate_parameters=True)
+# the task runner bounds the ffmpeg processes of mode "local" (stages run in this run)
+@flow(name="transcode-video", flow_run_name=_run_name, validate_parameters=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers))
 def transcode_video(
     source: str,
     renditions: str | list[str] | None = None,
