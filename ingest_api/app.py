@@ -10,10 +10,13 @@
 
 A request becomes a `transcode.video.requested` event (id = request id); the deployment
 trigger in prefect.yaml starts `transcode-video` for it. Errors are JSON: {"error": "..."}.
+Past `TRANSCODE_API_MAX_BACKLOG` videos queued or running (backlog.py), a request is
+refused with 429 and `Retry-After`, before anything is stored: send it again later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -43,6 +46,7 @@ from transcoder.storage import Storage
 from transcoder.urlfetch import check_url
 
 from . import events, metrics, status
+from .backlog import Backlog
 from .config import ApiConfig
 from .uploads import EmptyBody, TooLarge, stream_to_storage
 
@@ -113,11 +117,16 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         await to_thread.run_sync(lambda: storage.client)
         async with get_client() as client:
             app.state.storage, app.state.prefect = storage, client
-            yield
+            backlog = asyncio.create_task(app.state.backlog.keep_fresh(client))
+            try:
+                yield
+            finally:
+                backlog.cancel()
 
     app = FastAPI(title="transcoder ingest API", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.recent = RecentRequests()
+    app.state.backlog = Backlog(config.max_backlog, config.retry_after)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -165,15 +174,30 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
     def ctx(request: Request) -> tuple[Storage, object]:
         return request.app.state.storage, request.app.state.prefect
 
+    def refuse_when_full(request: Request, unread_body: bool = False) -> None:
+        backlog: Backlog = request.app.state.backlog
+        if backlog.full():
+            message, headers = backlog.refusal()
+            if unread_body:
+                headers["Connection"] = "close"
+            raise ApiError(429, message, headers=headers)
+
     async def queue(request: Request, request_id: UUID, source: str, renditions: str | None,
-                    codec: str | None) -> dict:
-        """Emit the request's event; the answer's body (202)."""
+                    codec: str | None, checked: bool = False) -> dict:
+        """Emit the request's event; the answer's body (202). `checked`: the backlog was
+        checked before the request stored anything (an upload is never refused after)."""
         recent: RecentRequests = request.app.state.recent
+        backlog: Backlog = request.app.state.backlog
+        if not checked:
+            refuse_when_full(request)
         recent.add(request_id)
+        backlog.add(request_id)
         try:
-            await events.emit(request.app.state.prefect, events.requested_event(request_id, source, renditions, codec))
+            await events.emit(request.app.state.prefect,
+                              events.requested_event(request_id, source, renditions, codec, config.run_mode))
         except httpx.HTTPError as exc:
             recent.discard(request_id)
+            backlog.discard(request_id)
             logger.warning("event for %s not posted: %s", request_id, exc)
             raise ApiError(503, "the request could not be queued (the Prefect API did not take the event); "
                                 "try again", source=source) from None
@@ -191,6 +215,7 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
     async def upload(request: Request, filename: str | None = None, renditions: str | None = None,
                      codec: str | None = None):
         renditions, codec = _checked(renditions, codec)
+        refuse_when_full(request, unread_body=True)  # before a byte is stored
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():
@@ -215,7 +240,7 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         except (BotoCoreError, ClientError) as exc:
             logger.warning("upload to %s failed: %s", key, exc)
             raise ApiError(503, "object storage failed during the upload; nothing was kept, try again") from None
-        body = await queue(request, request_id, f"s3://{storage.name}/{key}", renditions, codec)
+        body = await queue(request, request_id, f"s3://{storage.name}/{key}", renditions, codec, checked=True)
         return {**body, "size": size}
 
     @api.post("/videos", status_code=202)
@@ -317,7 +342,7 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def queue_metrics(request: Request):
-        text = await metrics.queue_metrics(request.app.state.prefect, config.work_pool)
+        text = await metrics.queue_metrics(request.app.state.prefect, config.work_pool, request.app.state.backlog)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(api)

@@ -22,6 +22,9 @@ class ApiConfig:
     work_pool: str = "transcode"
     notify_prefix: str = "incoming/"  # bucket notifications outside it are ignored (outputs!)
     link_seconds: int = 3600  # lifetime of presigned download links
+    max_backlog: int = 1000  # videos queued or running past which requests get 429 (0: no limit)
+    retry_after: int = 30  # seconds, the 429's Retry-After
+    run_mode: str = "deployments"  # the runs' `mode`: "local" runs a whole video on one worker
 
     @property
     def part_bytes(self) -> int:
@@ -41,7 +44,17 @@ class ApiConfig:
             work_pool=env.get("TRANSCODE_WORK_POOL") or "transcode",
             notify_prefix=env.get("TRANSCODE_API_NOTIFY_PREFIX", "incoming/"),
             link_seconds=_int(env, "TRANSCODE_API_LINK_SECONDS", 3600, minimum=60, maximum=7 * 24 * 3600),
+            max_backlog=_int(env, "TRANSCODE_API_MAX_BACKLOG", 1000, minimum=0),
+            retry_after=_int(env, "TRANSCODE_API_RETRY_AFTER", 30, minimum=1, maximum=3600),
+            run_mode=_choice(env, "TRANSCODE_API_RUN_MODE", "deployments", ("deployments", "local")),
         )
+
+
+def _choice(env, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _int(env, name: str, default: int, minimum: int, maximum: int | None = None) -> int:

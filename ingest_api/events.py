@@ -33,11 +33,14 @@ def object_request_id(bucket: str, key: str, etag: str) -> UUID:
     return uuid.uuid5(OBJECT_NAMESPACE, f"s3://{bucket}/{key}@{etag.strip(chr(34))}")
 
 
-def requested_event(request_id: UUID, source: str, renditions: str | None = None, codec: str | None = None) -> Event:
+def requested_event(request_id: UUID, source: str, renditions: str | None = None, codec: str | None = None,
+                    mode: str = "deployments") -> Event:
     # every key present, null when not asked for: a trigger parameter "{{ event.payload.codec }}"
     # renders as `... | tojson` in prefect 3.9, which fails on a missing key (the action fails,
     # no run) but gives None for null (the flow's default)
-    payload = {"source": source, "renditions": renditions, "codec": codec}
+    # `mode`: "deployments" (stages on their queues) or "local" (the whole video on the worker
+    # that takes the run: cheaper for short videos, e.g. with a warm worker)
+    payload = {"source": source, "renditions": renditions, "codec": codec, "mode": mode}
     return Event(event=EVENT, resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{request_id}"},
                  payload=payload, id=request_id)
 

@@ -1,5 +1,7 @@
 """Queue depth per work queue, in Prometheus' text format (for KEDA or autoscaling groups).
 
+`transcode_backlog`: videos queued or running as the API counts them for its 429 limit
+(backlog.py), `transcode_backlog_limit` that limit (0: none).
 `transcode_queue_depth`: flow runs waiting for a worker: Scheduled-type states (Scheduled,
 Late, AwaitingRetry) whose start time has come, and Pending ones. Runs scheduled for later
 (a cron deployment keeps some ahead) are not waiting. `transcode_running_runs`: Running.
@@ -16,6 +18,8 @@ from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterNextSche
                                             WorkQueueFilterName)
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
+
+from .backlog import Backlog
 
 METRICS = (
     ("transcode_queue_depth", "Flow runs waiting for a worker (due Scheduled/Late, Pending) per work queue."),
@@ -35,7 +39,7 @@ async def _count(client: PrefectClient, pool: str, queue: str, *filters: FlowRun
     return sum(counts)
 
 
-async def queue_metrics(client: PrefectClient, pool: str) -> str:
+async def queue_metrics(client: PrefectClient, pool: str, backlog: Backlog | None = None) -> str:
     try:
         queues = sorted(q.name for q in await client.read_work_queues(work_pool_name=pool))
     except ObjectNotFound:
@@ -51,6 +55,11 @@ async def queue_metrics(client: PrefectClient, pool: str) -> str:
     for (name, help_text), values in zip(METRICS, (depths, runnings)):
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         lines += [f'{name}{{pool="{_label(pool)}",queue="{_label(q)}"}} {v}' for q, v in zip(queues, values)]
+    if backlog is not None:
+        lines += ["# HELP transcode_backlog Videos queued or running (the API's 429 limit counts these).",
+                  "# TYPE transcode_backlog gauge", f"transcode_backlog {backlog.depth}",
+                  "# HELP transcode_backlog_limit Backlog past which requests get 429 (0: no limit).",
+                  "# TYPE transcode_backlog_limit gauge", f"transcode_backlog_limit {backlog.limit}"]
     if not queues:
         lines.append(f"# no work queues in pool {pool!r} (TRANSCODE_WORK_POOL)")
     return "\n".join(lines) + "\n"

@@ -160,7 +160,7 @@ def test_upload_lands_in_storage_and_emits_event(api, tiny_mp4):
     event = read_event(rid)
     assert event.event == "transcode.video.requested"
     assert event.resource.id == f"transcode.request.{rid}"
-    assert event.payload == {"source": body["source"], "renditions": "240p", "codec": None}
+    assert event.payload == {"source": body["source"], "renditions": "240p", "codec": None, "mode": "deployments"}
 
     # larger than a part, streamed (chunked): a multipart upload of two parts, bytes intact
     big = secrets.token_bytes(8 * 1024**2 + 300_000)
@@ -299,7 +299,7 @@ def triggered_deployment(api_env, monkeypatch):
         match={"prefect.resource.id": "transcode.request.*"}, expect={"transcode.video.requested"},
         parameters={"source": "{{ event.payload.source }}", "request_id": "{{ event.id | string }}",
                     "renditions": "{{ event.payload.renditions }}", "codec": "{{ event.payload.codec }}",
-                    "mode": "deployments"})
+                    "mode": "{{ event.payload.mode }}"})
     name = "api-" + secrets.token_hex(4)
     deployment = transcode_video.to_deployment(name=name, triggers=[trigger], work_pool_name=pool)
     deployment_id = deployment.apply()
@@ -400,6 +400,88 @@ def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_m
             assert resp.status_code == 400 and "error" in resp.json(), resp.text
     finally:
         api.stop()
+
+
+def backlog_now() -> int:
+    """transcode-video runs not final on the server (other tests' runs may wait on pools nobody works)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+
+    from ingest_api.backlog import FLOW, NOT_FINAL
+
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW])),
+                                      flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                                          type=FlowRunFilterStateType(any_=NOT_FINAL))))
+
+
+def metric(api, name: str) -> int:
+    for line in api.http.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_backlog_limit_answers_429(api_env, triggered_deployment, tiny_mp4, monkeypatch):
+    """Past TRANSCODE_API_MAX_BACKLOG: 429 + Retry-After, nothing stored; the requests whose
+    runs the trigger made are counted once (by the server), not twice."""
+    deployment_id, _ = triggered_deployment
+    engine = api_env
+    base = backlog_now()
+    monkeypatch.setenv("TRANSCODE_API_MAX_BACKLOG", str(base + 2))
+    monkeypatch.setenv("TRANSCODE_API_RETRY_AFTER", "7")
+    monkeypatch.setenv("TRANSCODE_API_RUN_MODE", "local")
+    api = start_api(engine)
+    try:
+        data = tiny_mp4.read_bytes()
+        accepted = [api.http.post("/uploads", params={"filename": f"clip{i}.mp4"}, content=data) for i in range(2)]
+        assert [r.status_code for r in accepted] == [202, 202], [r.text for r in accepted]
+        uploads_before = engine.keys("uploads/")
+        refused = api.http.post("/uploads", params={"filename": "clip2.mp4"}, content=data)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"] == "7"
+        assert "too many videos waiting" in refused.json()["error"] and "send it again in 7 s" in refused.json()["error"]
+        assert engine.keys("uploads/") == uploads_before  # nothing of the refused upload was kept
+        url = api.http.post("/videos", json={"url": f"s3://{engine.bucket}/{uploads_before[0]}"})
+        assert url.status_code == 429 and url.headers["retry-after"] == "7"
+
+        runs = wait_runs(deployment_id, 2)
+        assert {r.parameters["mode"] for r in runs} == {"local"}  # TRANSCODE_API_RUN_MODE reaches the run
+        # once the server shows both runs, each is counted once
+        deadline = time.monotonic() + 30
+        while metric(api, "transcode_backlog") != base + 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert metric(api, "transcode_backlog") == base + 2
+        assert metric(api, "transcode_backlog_limit") == base + 2
+
+        # a run that ends frees its place
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(runs[0].id, Cancelled(), force=True)
+        deadline = time.monotonic() + 30
+        while metric(api, "transcode_backlog") != base + 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        again = api.http.post("/uploads", params={"filename": "clip3.mp4"}, content=data)
+        assert again.status_code == 202, again.text
+    finally:
+        api.stop()
+
+
+def test_api_config_checks_its_numbers(api_env):
+    from ingest_api.config import ApiConfig, ConfigError
+    from transcoder.settings import get_settings
+
+    env = {"TRANSCODE_API_TOKEN": "t"}
+    config = ApiConfig.from_env(get_settings(), env)
+    assert (config.max_backlog, config.retry_after, config.run_mode) == (1000, 30, "deployments")
+    for name, value, message in (("TRANSCODE_API_MAX_BACKLOG", "-1", "between 0"),
+                                 ("TRANSCODE_API_RETRY_AFTER", "0", "between 1 and 3600"),
+                                 ("TRANSCODE_API_RUN_MODE", "fast", "one of deployments, local")):
+        with pytest.raises(ConfigError, match=message):
+            ApiConfig.from_env(get_settings(), {**env, name: value})
 
 
 def test_server_skips_an_event_id_it_has_seen(triggered_deployment):
