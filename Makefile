@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test chaos bench up down clean image
+.PHONY: setup demo test chaos load bench up down clean image
 
 setup:
 	@bash infra/setup.sh
@@ -21,6 +21,13 @@ test:
 chaos:
 	@bash infra/setup.sh --test
 	@$(PY) -m pytest -m chaos $(PYTEST_ARGS)
+
+# 1,000 small videos through the ingest API in one burst, on a stack of its own (PostgreSQL
+# under Prefect): figures in benchmarks/results-load.json, plot docs/img/load.png. CI runs 50.
+load:
+	@bash infra/setup.sh --test
+	@TRANSCODE_LOAD_VIDEOS=$${TRANSCODE_LOAD_VIDEOS:-1000} TRANSCODE_LOAD_OUT=benchmarks \
+		TRANSCODE_LOAD_PLOT=docs/img/load.png $(PY) -m pytest -m load -s $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) benchmarks/bench_core.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent install of everything the project needs on a fresh Debian machine: system
 # packages (ffmpeg; node and npm for the player's hls.js; with --test, chromium for the
-# browser tests), hls.js in player/node_modules, and a virtual environment in .venv.
+# browser tests and postgresql for the load test), hls.js in player/node_modules, and a virtual environment in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for_tests=0
@@ -15,6 +15,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ "$for_tests" = 1 ]; then
     command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    # the load test's Prefect server runs on a throwaway PostgreSQL cluster (benchmarks/postgres.py)
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 fi
 if ((${#need_apt[@]})); then
     echo "setup: installing ${need_apt[*]} (apt-get)"

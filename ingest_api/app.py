@@ -117,16 +117,21 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         await to_thread.run_sync(lambda: storage.client)
         async with get_client() as client:
             app.state.storage, app.state.prefect = storage, client
-            backlog = asyncio.create_task(app.state.backlog.keep_fresh(client))
+            loops = [asyncio.create_task(app.state.backlog.keep_fresh(client)),
+                     asyncio.create_task(app.state.metrics.keep_fresh(client, config.work_pool, app.state.backlog))]
             try:
                 yield
             finally:
-                backlog.cancel()
+                for loop in loops:
+                    loop.cancel()
 
     app = FastAPI(title="transcoder ingest API", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.recent = RecentRequests()
     app.state.backlog = Backlog(config.max_backlog, config.retry_after)
+    app.state.metrics = metrics.Snapshot()
+    app.state.final_status = status.FinalStatuses(seconds=min(600, config.link_seconds // 2))
+    app.state.answers = status.Answers(budget=config.status_wait_ms / 1000)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -227,8 +232,19 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         request_id = uuid.uuid4()
         key = upload_key(str(request_id), safe_ext(filename or ""))
         content_type = request.headers.get("content-type", "")
+        backlog: Backlog = request.app.state.backlog
+        backlog.add(request_id)  # its place, held while the body streams: a burst cannot all pass the check
         try:
-            size = await stream_to_storage(request.stream(), storage.client, storage.name, key,
+            size = await _store_upload(request, storage, key, content_type)
+        except BaseException:
+            backlog.discard(request_id)
+            raise
+        body = await queue(request, request_id, f"s3://{storage.name}/{key}", renditions, codec, checked=True)
+        return {**body, "size": size}
+
+    async def _store_upload(request: Request, storage: Storage, key: str, content_type: str) -> int:
+        try:
+            return await stream_to_storage(request.stream(), storage.client, storage.name, key,
                                            limit=config.max_upload_bytes, part_bytes=config.part_bytes,
                                            content_type=content_type if content_type.startswith("video/") else None)
         except TooLarge as exc:
@@ -240,8 +256,6 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         except (BotoCoreError, ClientError) as exc:
             logger.warning("upload to %s failed: %s", key, exc)
             raise ApiError(503, "object storage failed during the upload; nothing was kept, try again") from None
-        body = await queue(request, request_id, f"s3://{storage.name}/{key}", renditions, codec, checked=True)
-        return {**body, "size": size}
 
     @api.post("/videos", status_code=202)
     async def submit(request: Request, video: VideoRequest):
@@ -321,8 +335,11 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
     async def video_status(request: Request, request_id: str):
         rid = _request_id(request_id)
         storage, client = ctx(request)
-        found = await status.request_status(client, storage, rid, rid in request.app.state.recent,
-                                            config.link_seconds)
+        known = rid in request.app.state.recent
+        found = await request.app.state.answers.get(
+            rid, lambda: status.request_status(client, storage, rid, known, config.link_seconds,
+                                               request.app.state.final_status),
+            lambda: status.storage_view(storage, rid, known))
         if found is None:
             raise ApiError(404, f"no such request: {request_id}")
         return found
@@ -342,7 +359,8 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def queue_metrics(request: Request):
-        text = await metrics.queue_metrics(request.app.state.prefect, config.work_pool, request.app.state.backlog)
+        text = request.app.state.metrics.text or await metrics.queue_metrics(
+            request.app.state.prefect, config.work_pool, request.app.state.backlog)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(api)

@@ -44,6 +44,7 @@ class Backlog:
         self.server_count = 0
         self.refreshed_at: float | None = None
         self._unseen: dict[UUID, float] = {}  # request id -> time.time() it was queued
+        self._read_until = 0.0  # runs made before this (time.time()) have been matched
 
     @property
     def depth(self) -> int:
@@ -67,13 +68,15 @@ class Backlog:
     async def refresh(self, client: PrefectClient) -> None:
         flow = FlowFilter(name=FlowFilterName(any_=[FLOW]))
         now = time.time()
+        read_from = now
         for rid in [r for r, at in self._unseen.items() if now - at > self.unseen_seconds]:
             del self._unseen[rid]
         if self._unseen:
-            # every run created since the oldest unseen request, whatever its state (a short
-            # video can finish between two refreshes)
-            since = datetime.fromtimestamp(min(self._unseen.values()), timezone.utc) - timedelta(seconds=5)
-            runs_filter = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since))
+            # every run made since the oldest unseen request, whatever its state (a short video
+            # can finish between two refreshes); those made before the last full read were read then
+            since = max(min(self._unseen.values()), self._read_until - 10)
+            since_dt = datetime.fromtimestamp(since, timezone.utc) - timedelta(seconds=5)
+            runs_filter = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since_dt))
             total = await client.count_flow_runs(flow_filter=flow, flow_run_filter=runs_filter)
             for page in range(min(PAGES, math.ceil(total / PAGE))):
                 runs = await client.read_flow_runs(flow_filter=flow, flow_run_filter=runs_filter, limit=PAGE,
@@ -84,6 +87,9 @@ class Backlog:
                         self._unseen.pop(UUID(str(rid)), None)
                     except ValueError:
                         continue
+            if total > PAGE * PAGES:
+                read_from = self._read_until  # not all read: the same window again next time
+        self._read_until = read_from
         # counted after the matching: a run made in between counts twice for a moment, never zero times
         self.server_count = await client.count_flow_runs(flow_filter=flow, flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=NOT_FINAL))))

@@ -24,6 +24,7 @@ class ApiConfig:
     link_seconds: int = 3600  # lifetime of presigned download links
     max_backlog: int = 1000  # videos queued or running past which requests get 429 (0: no limit)
     retry_after: int = 30  # seconds, the 429's Retry-After
+    status_wait_ms: int = 100  # a status poll waits this long for Prefect, then gets the last known answer
     run_mode: str = "deployments"  # the runs' `mode`: "local" runs a whole video on one worker
 
     @property
@@ -46,6 +47,7 @@ class ApiConfig:
             link_seconds=_int(env, "TRANSCODE_API_LINK_SECONDS", 3600, minimum=60, maximum=7 * 24 * 3600),
             max_backlog=_int(env, "TRANSCODE_API_MAX_BACKLOG", 1000, minimum=0),
             retry_after=_int(env, "TRANSCODE_API_RETRY_AFTER", 30, minimum=1, maximum=3600),
+            status_wait_ms=_int(env, "TRANSCODE_API_STATUS_WAIT_MS", 100, minimum=1, maximum=600_000),
             run_mode=_choice(env, "TRANSCODE_API_RUN_MODE", "deployments", ("deployments", "local")),
         )
 

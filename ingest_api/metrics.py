@@ -2,6 +2,8 @@
 
 `transcode_backlog`: videos queued or running as the API counts them for its 429 limit
 (backlog.py), `transcode_backlog_limit` that limit (0: none).
+The text is made in the background every `Snapshot.seconds` (2 s), so a scrape costs the
+Prefect server nothing and answers at once however busy the server is.
 `transcode_queue_depth`: flow runs waiting for a worker: Scheduled-type states (Scheduled,
 Late, AwaitingRetry) whose start time has come, and Pending ones. Runs scheduled for later
 (a cron deployment keeps some ahead) are not waiting. `transcode_running_runs`: Running.
@@ -10,6 +12,7 @@ Late, AwaitingRetry) whose start time has come, and Pending ones. Runs scheduled
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timezone
 
 from prefect.client.orchestration import PrefectClient
@@ -20,6 +23,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
 from .backlog import Backlog
+
+logger = logging.getLogger("ingest_api")
 
 METRICS = (
     ("transcode_queue_depth", "Flow runs waiting for a worker (due Scheduled/Late, Pending) per work queue."),
@@ -63,3 +68,20 @@ async def queue_metrics(client: PrefectClient, pool: str, backlog: Backlog | Non
     if not queues:
         lines.append(f"# no work queues in pool {pool!r} (TRANSCODE_WORK_POOL)")
     return "\n".join(lines) + "\n"
+
+
+class Snapshot:
+    """The last metrics text, made every `seconds` in the background."""
+
+    def __init__(self, seconds: float = 2.0):
+        self.seconds = seconds
+        self.text: str | None = None
+
+    async def keep_fresh(self, client: PrefectClient, pool: str, backlog: Backlog | None) -> None:
+        while True:
+            try:
+                self.text = await queue_metrics(client, pool, backlog)
+            except Exception as exc:  # the server restarting: the route computes (and reports) it
+                logger.warning("metrics: cannot read the counts (%s)", exc)
+                self.text = None
+            await asyncio.sleep(self.seconds)

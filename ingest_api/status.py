@@ -9,7 +9,10 @@ has a random name). Storage calls are blocking boto3 calls: they run in worker t
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable
 from uuid import UUID
 
 from anyio import to_thread
@@ -82,11 +85,88 @@ def rendition_link(storage: Storage, video_id: str, rendition: str, link_seconds
     return None
 
 
+class FinalStatuses:
+    """Status documents of requests whose run has completed, kept `seconds` (at most half the
+    links' lifetime, so a link handed out is valid for at least that half): a client
+    polling a finished video costs the Prefect server and the storage nothing."""
+
+    def __init__(self, seconds: float, size: int = 10_000):
+        self.seconds, self.size = seconds, size
+        self._docs: OrderedDict[UUID, tuple[float, dict]] = OrderedDict()
+
+    def get(self, request_id: UUID) -> dict | None:
+        found = self._docs.get(request_id)
+        if found is None or time.monotonic() - found[0] > self.seconds:
+            return None
+        return found[1]
+
+    def put(self, request_id: UUID, doc: dict) -> None:
+        self._docs[request_id] = (time.monotonic(), doc)
+        self._docs.move_to_end(request_id)
+        while len(self._docs) > self.size:
+            self._docs.popitem(last=False)
+
+
+class Answers:
+    """Status answers within `budget` seconds, however slow the Prefect server is.
+
+    A busy Prefect server (a backlog draining: every worker's task states, events and
+    logs go through it) can take a second or more to answer. A poll waits `budget` for
+    the full answer; past it, it gets the last full answer for that request (marked
+    `"stale": true`) or what storage alone shows (the pointer: the run has started),
+    while the full answer is still fetched and kept for the next poll.
+    """
+
+    def __init__(self, budget: float = 0.1, size: int = 10_000):
+        self.budget, self.size = budget, size
+        self.last: OrderedDict[UUID, dict] = OrderedDict()
+        self.pending: dict[UUID, asyncio.Task] = {}
+
+    def _keep(self, request_id: UUID, task: asyncio.Task) -> None:
+        self.pending.pop(request_id, None)
+        if task.cancelled() or task.exception() is not None or task.result() is None:
+            return
+        self.last[request_id] = task.result()
+        self.last.move_to_end(request_id)
+        while len(self.last) > self.size:
+            self.last.popitem(last=False)
+
+    async def get(self, request_id: UUID, full: Callable[[], Awaitable[dict | None]],
+                  quick: Callable[[], Awaitable[dict | None]]) -> dict | None:
+        task = self.pending.get(request_id)
+        if task is None:
+            task = asyncio.ensure_future(full())
+            self.pending[request_id] = task
+            task.add_done_callback(lambda t: self._keep(request_id, t))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.budget)
+        except asyncio.TimeoutError:
+            pass
+        if request_id in self.last:
+            return {**self.last[request_id], "stale": True}
+        doc = await quick()
+        return doc if doc is not None else await asyncio.shield(task)
+
+
+async def storage_view(storage: Storage, request_id: UUID, known: bool) -> dict | None:
+    """What storage alone says of a request: started (the flow wrote its pointer), or queued
+    (this process queued it); None when it knows nothing."""
+    pointer = await to_thread.run_sync(read_pointer, storage, request_id)
+    if pointer is None and not known:
+        return None
+    return {"request_id": str(request_id), "state": "Running" if pointer else "queued",
+            "flow_run_id": (pointer or {}).get("flow_run_id"), "video_id": (pointer or {}).get("video_id"),
+            "source": (pointer or {}).get("source"), "stale": True}
+
+
 async def request_status(client: PrefectClient, storage: Storage, request_id: UUID, known: bool,
-                         link_seconds: int) -> dict | None:
+                         link_seconds: int, cache: FinalStatuses | None = None) -> dict | None:
     """The status document, or None when nothing is known of this request id.
 
     `known`: this API process queued the request (its event may not be stored yet)."""
+    cached = cache.get(request_id) if cache else None
+    if cached is not None:
+        return cached
     pointer = await to_thread.run_sync(read_pointer, storage, request_id)
     run = await find_run(client, request_id, pointer)
     video_id = (pointer or {}).get("video_id")
@@ -104,4 +184,6 @@ async def request_status(client: PrefectClient, storage: Storage, request_id: UU
         status["message"] = state.message or f"the run ended {state.name}"
     elif state.type == StateType.COMPLETED and video_id:
         status["outputs"] = await to_thread.run_sync(outputs, storage, request_id, video_id, link_seconds)
+    if cache is not None and status.get("outputs"):  # not a failed run: it may be retried
+        cache.put(request_id, status)
     return status

@@ -67,6 +67,8 @@ def start_api(engine) -> Api:
 def api_env(engine, monkeypatch):
     monkeypatch.setenv("TRANSCODE_API_TOKEN", TOKEN)
     monkeypatch.setenv("TRANSCODE_API_MAX_UPLOAD_BYTES", str(LIMIT))
+    # these tests read whole answers; the quick answers of a busy server: test_units, load test
+    monkeypatch.setenv("TRANSCODE_API_STATUS_WAIT_MS", "60000")
     monkeypatch.delenv("TRANSCODE_PUBLIC_S3_ENDPOINT", raising=False)
     monkeypatch.delenv("TRANSCODE_ALLOW_PRIVATE_URLS", raising=False)
     return engine
@@ -173,7 +175,7 @@ def test_upload_lands_in_storage_and_emits_event(api, tiny_mp4):
     assert hashlib.sha256(got["Body"].read()).digest() == hashlib.sha256(big).digest()
     assert got["ETag"].strip('"').endswith("-2")  # two parts
     assert read_event(rid).payload == {"source": f"s3://{api.engine.bucket}/{key}", "renditions": None,
-                                      "codec": None}
+                                      "codec": None, "mode": "deployments"}
 
 
 def test_upload_over_limit_by_content_length_refused_at_once(api):
@@ -227,7 +229,7 @@ def test_url_submissions(api, tiny_mp4):
     assert resp.status_code == 202, resp.text
     rid = resp.json()["request_id"]
     assert read_event(rid).payload == {"source": "http://93.184.216.34/x.mp4", "renditions": "720p,480p",
-                                       "codec": "h264"}
+                                       "codec": "h264", "mode": "deployments"}
 
     for url in ("http://127.0.0.1/x", "http://169.254.169.254/latest", "http://10.0.0.1/", "http://[::1]/x",
                 "http://0.0.0.0/x"):
@@ -379,7 +381,13 @@ def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_m
         runs = wait_runs(deployment_id, 2)
 
         # the queue depth: two due runs on the pool's default queue, none running
-        metrics = api.http.get("/metrics")
+        # (the text is made every 2 s in the background)
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = api.http.get("/metrics")
+            if f'queue="default"}} 2' in metrics.text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert metrics.headers["content-type"].startswith("text/plain")
         assert f'transcode_queue_depth{{pool="{pool}",queue="default"}} 2' in metrics.text, metrics.text
         assert f'transcode_running_runs{{pool="{pool}",queue="default"}} 0' in metrics.text

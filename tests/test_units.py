@@ -333,3 +333,47 @@ def test_probe_messages_keep_the_error_line_only():
             "[IMGUTILS @ 0x7ffd915ca730] [error] Picture size 30000x30000 is invalid\n")
     assert _first_line(text) == "Picture size 30000x30000 is invalid"
     assert _first_line("moov atom not found\n") == "moov atom not found"
+
+
+def test_status_answers_in_budget_then_from_what_is_known():
+    """A slow Prefect answer: the poll gets the quick (storage) view in time, the full answer
+    is still fetched and kept, and the next poll gets it (or the last one, marked stale)."""
+    import asyncio
+    import uuid
+
+    from ingest_api.status import Answers
+
+    async def scenario():
+        answers, rid, calls = Answers(budget=0.05), uuid.uuid4(), []
+
+        def full(delay: float, state: str):
+            async def fetch():
+                calls.append(state)
+                await asyncio.sleep(delay)
+                return {"state": state}
+            return fetch
+
+        async def quick():
+            return {"state": "queued", "stale": True}
+
+        assert await answers.get(rid, full(0.0, "Scheduled"), quick) == {"state": "Scheduled"}
+        # slow: the last full answer, marked stale; the fetch goes on and is kept
+        assert await answers.get(rid, full(0.2, "Running"), quick) == {"state": "Scheduled", "stale": True}
+        await asyncio.sleep(0.3)
+        assert answers.last[rid] == {"state": "Running"}
+        # a poll while a fetch is under way joins it (no second fetch)
+        first = asyncio.ensure_future(answers.get(rid, full(0.2, "Completed"), quick))
+        await asyncio.sleep(0.01)
+        second = await answers.get(rid, full(0.2, "Other"), quick)
+        assert second == {"state": "Running", "stale": True} and "Other" not in calls
+        await first
+        # nothing known yet: the storage view, in time
+        other = uuid.uuid4()
+        assert await answers.get(other, full(0.2, "Running"), quick) == {"state": "queued", "stale": True}
+
+        async def nothing():
+            return None
+        # nothing anywhere: wait for the full answer
+        assert await answers.get(uuid.uuid4(), full(0.1, "Failed"), nothing) == {"state": "Failed"}
+
+    asyncio.run(scenario())

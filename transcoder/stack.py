@@ -119,13 +119,15 @@ def _wait_s3(endpoint: str, key: str, secret: str, proc: subprocess.Popen, log_p
             time.sleep(0.3)
 
 
-def start_prefect_server(home: Path, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_prefect_server(home: Path, port: int, log_path: Path,
+                         extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`extra_env`: e.g. PREFECT_API_DATABASE_CONNECTION_URL for PostgreSQL (default: SQLite in `home`)."""
     home.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", port)) == 0:  # someone else's server: never talk to it as ours
             raise RuntimeError(f"port {port} is in use by another program; stop it or set TRANSCODE_PREFECT_PORT")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)}
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port), **(extra_env or {})}
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).parent / "prefect"
     with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
