@@ -471,24 +471,34 @@ def plot(result: dict, path: Path) -> None:
     ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title(f"{result['videos']} videos in one burst: {result['videos_per_min']} videos/min, "
                   f"{result['workers']} warm workers x {result['runs_per_worker']}, {result['cores']} cores")
-    calls = [c for c in result["calls"] if c[1] in ("status", "metrics")]
-    for route, marker in (("status", "."), ("metrics", "x")):
-        pts = [(c[0] / 60, c[2]) for c in calls if c[1] == route]
-        ax2.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, marker=marker, label=f"GET {route}")
+    calls = result["calls"]
+    for route, marker, label in (("status", ".", "GET status"), ("metrics", "x", "GET metrics"),
+                                 ("upload", "+", "POST uploads (202)")):
+        pts = [(c[0] / 60, c[2]) for c in calls if c[1] == route and (route != "upload" or c[3] == 202)]
+        ax2.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, marker=marker, label=label)
     ax2.axhline(200, color="red", linestyle=":", label="200 ms")
     ax2.set_yscale("log")
     ax2.set_ylabel("API latency (ms)")
     lat = result["latency_while_draining"]
-    ax2.set_title(f"while draining: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms", fontsize=10)
+    up = result["latency_uploads_accepted"]
+    ax2.set_title(f"GET status + metrics while draining: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms; "
+                  f"accepted uploads p50 {up['p50_ms']} ms, p99 {up['p99_ms']} ms", fontsize=9)
     ax2.legend(loc="upper left", fontsize=8)
     parts = sorted({k[7:] for p in samples for k in p if k.startswith("rss_mb.")})
     for part in parts:
         ax3.plot(t, [p.get(f"rss_mb.{part}") for p in samples], label=part)
-    ax3.set_ylabel("RSS (MiB)")
+    ax3.set_ylabel("RSS (MiB, summed per part)")
     ax3.set_xlabel("minutes since the burst")
     ax3.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def trimmed(result: dict, points: int = 400) -> dict:
+    """The figures with the curves thinned to about `points` samples (the plot has them all)."""
+    samples = result["samples"]
+    step = max(1, len(samples) // points)
+    return {**{k: v for k, v in result.items() if k != "calls"}, "samples": samples[::step] + samples[-1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -506,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     args.backlog = args.backlog if args.backlog is not None else max(10, args.videos // 5)
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results-load.json").write_text(json.dumps(result, indent=1))
     if args.plot:
         plot(result, args.plot)
+    (args.out / "results-load.json").write_text(json.dumps(trimmed(result), indent=1))
     lat = result["latency_while_draining"]
     print(f"load: {result['completed']}/{result['videos']} completed in {result['drained_s']:.0f} s "
           f"({result['videos_per_min']} videos/min); {result['answers_429']} answers 429; API while draining "

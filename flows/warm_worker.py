@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1:
         parser.error("--limit must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per API call otherwise
     worker = WarmWorker(args.pool, args.queues, args.limit, args.poll_seconds)
     # SIGTERM/SIGINT: take no new runs, let the running ones finish
     for sig in (signal.SIGTERM, signal.SIGINT):

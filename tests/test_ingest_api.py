@@ -385,7 +385,7 @@ def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_m
         deadline = time.monotonic() + 30
         while True:
             metrics = api.http.get("/metrics")
-            if f'queue="default"}} 2' in metrics.text or time.monotonic() > deadline:
+            if 'queue="default"} 2' in metrics.text or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert metrics.headers["content-type"].startswith("text/plain")
