@@ -59,9 +59,10 @@ class Measured:
 # ---------------------------------------------------------------- measuring
 
 
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (ppid, CPU seconds incl. reaped children) for every live process."""
+def proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (ppid, RSS bytes, CPU seconds incl. reaped children) for every live process."""
     table = {}
+    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -70,21 +71,28 @@ def _proc_table() -> dict[int, tuple[int, float]]:
         except OSError:  # exited while we looked
             continue
         fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and ')'
-        ppid = int(fields[1])
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        table[int(entry)] = (ppid, (utime + stime + cutime + cstime) / CLK_TCK)
+        table[int(entry)] = (int(fields[1]), int(fields[21]) * page, (utime + stime + cutime + cstime) / CLK_TCK)
     return table
+
+
+def tree_usage(table: dict[int, tuple[int, int, float]], roots: list[int]) -> tuple[int, float]:
+    """RSS bytes and CPU seconds of the processes `roots` and all their live descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, frontier = set(), [p for p in roots if p in table]
+    while frontier:
+        pid = frontier.pop()
+        if pid not in tree:
+            tree.add(pid)
+            frontier += children.get(pid, [])
+    return sum(table[p][1] for p in tree), sum(table[p][2] for p in tree)
 
 
 def servers_cpu(roots: list[int]) -> float:
     """CPU seconds used so far by the server processes and all their live descendants."""
-    table = _proc_table()
-    tree, frontier = set(), [p for p in roots if p in table]
-    while frontier:
-        pid = frontier.pop()
-        tree.add(pid)
-        frontier += [p for p, (ppid, _) in table.items() if ppid == pid and p not in tree]
-    return sum(table[p][1] for p in tree)
+    return tree_usage(proc_table(), roots)[1]
 
 
 def children_cpu() -> float:

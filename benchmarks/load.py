@@ -45,6 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+from bench_core import proc_table, tree_usage  # noqa: E402
 from postgres import Postgres  # noqa: E402
 
 from transcoder.stack import _stop, free_port, start_prefect_server, start_seaweed  # noqa: E402
@@ -53,45 +54,10 @@ TITLE = b"load-000000"
 POOL = "load"
 CLIENTS = 16
 SAMPLE_SECONDS = 0.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = 200
 
 
 # ---- processes ---------------------------------------------------------------------------------
-
-def _proc_table() -> dict[int, tuple[int, int, float]]:
-    """pid -> (ppid, RSS bytes, CPU seconds incl. reaped children)."""
-    table = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()
-        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-        table[int(entry)] = (int(fields[1]), int(fields[21]) * page, (utime + stime + cutime + cstime) / CLK_TCK)
-    return table
-
-
-def tree_usage(table: dict, roots: list[int]) -> tuple[int, float]:
-    """RSS and CPU seconds of the processes `roots` and their live descendants."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    rss, cpu, todo, seen = 0, 0.0, list(roots), set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in table:
-            continue
-        seen.add(pid)
-        rss += table[pid][1]
-        cpu += table[pid][2]
-        todo += children.get(pid, [])
-    return rss, cpu
-
 
 class Parts:
     """The processes of the stack, by part, for memory and CPU."""
@@ -104,7 +70,7 @@ class Parts:
         self.roots.setdefault(part, []).append(pid)
 
     def usage(self) -> dict[str, tuple[int, float]]:
-        table = _proc_table()
+        table = proc_table()
         return {part: tree_usage(table, pids) for part, pids in self.roots.items()}
 
 

@@ -42,7 +42,6 @@ class Backlog:
         self.limit, self.retry_after = limit, retry_after
         self.refresh_seconds, self.unseen_seconds = refresh_seconds, unseen_seconds
         self.server_count = 0
-        self.refreshed_at: float | None = None
         self._unseen: dict[UUID, float] = {}  # request id -> time.time() it was queued
         self._read_until = 0.0  # runs made before this (time.time()) have been matched
 
@@ -93,7 +92,6 @@ class Backlog:
         # counted after the matching: a run made in between counts twice for a moment, never zero times
         self.server_count = await client.count_flow_runs(flow_filter=flow, flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=NOT_FINAL))))
-        self.refreshed_at = time.monotonic()
 
     async def keep_fresh(self, client: PrefectClient) -> None:
         """Refresh until cancelled; a failed refresh keeps the last figures (and says so)."""
