@@ -130,8 +130,8 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
     app.state.recent = RecentRequests()
     app.state.backlog = Backlog(config.max_backlog, config.retry_after)
     app.state.metrics = metrics.Snapshot()
-    app.state.final_status = status.FinalStatuses(seconds=min(600, config.link_seconds // 2))
-    app.state.answers = status.Answers(budget=config.status_wait_ms / 1000)
+    app.state.answers = status.Answers(budget=config.status_wait_ms / 1000,
+                                       done_seconds=min(600, config.link_seconds // 2))
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -337,8 +337,7 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         storage, client = ctx(request)
         known = rid in request.app.state.recent
         found = await request.app.state.answers.get(
-            rid, lambda: status.request_status(client, storage, rid, known, config.link_seconds,
-                                               request.app.state.final_status),
+            rid, lambda: status.request_status(client, storage, rid, known, config.link_seconds),
             lambda: status.storage_view(storage, rid, known))
         if found is None:
             raise ApiError(404, f"no such request: {request_id}")

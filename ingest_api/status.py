@@ -85,28 +85,6 @@ def rendition_link(storage: Storage, video_id: str, rendition: str, link_seconds
     return None
 
 
-class FinalStatuses:
-    """Status documents of requests whose run has completed, kept `seconds` (at most half the
-    links' lifetime, so a link handed out is valid for at least that half): a client
-    polling a finished video costs the Prefect server and the storage nothing."""
-
-    def __init__(self, seconds: float, size: int = 10_000):
-        self.seconds, self.size = seconds, size
-        self._docs: OrderedDict[UUID, tuple[float, dict]] = OrderedDict()
-
-    def get(self, request_id: UUID) -> dict | None:
-        found = self._docs.get(request_id)
-        if found is None or time.monotonic() - found[0] > self.seconds:
-            return None
-        return found[1]
-
-    def put(self, request_id: UUID, doc: dict) -> None:
-        self._docs[request_id] = (time.monotonic(), doc)
-        self._docs.move_to_end(request_id)
-        while len(self._docs) > self.size:
-            self._docs.popitem(last=False)
-
-
 class Answers:
     """Status answers within `budget` seconds, however slow the Prefect server is.
 
@@ -115,24 +93,36 @@ class Answers:
     the full answer; past it, it gets the last full answer for that request (marked
     `"stale": true`) or what storage alone shows (the pointer: the run has started),
     while the full answer is still fetched and kept for the next poll.
+
+    A completed request's answer (it has outputs) is given as it is for `done_seconds`
+    (at most half the links' lifetime, so a link handed out stays valid at least that
+    long): polling a finished video costs the Prefect server and the storage nothing.
+    A failed one is fetched again: it may be retried.
     """
 
-    def __init__(self, budget: float = 0.1, size: int = 10_000):
-        self.budget, self.size = budget, size
+    def __init__(self, budget: float = 0.1, done_seconds: float = 600, size: int = 10_000):
+        self.budget, self.done_seconds, self.size = budget, done_seconds, size
         self.last: OrderedDict[UUID, dict] = OrderedDict()
+        self._done_at: dict[UUID, float] = {}
         self.pending: dict[UUID, asyncio.Task] = {}
 
     def _keep(self, request_id: UUID, task: asyncio.Task) -> None:
         self.pending.pop(request_id, None)
         if task.cancelled() or task.exception() is not None or task.result() is None:
             return
-        self.last[request_id] = task.result()
+        doc = task.result()
+        self.last[request_id] = doc
         self.last.move_to_end(request_id)
+        if doc.get("outputs"):
+            self._done_at[request_id] = time.monotonic()
         while len(self.last) > self.size:
-            self.last.popitem(last=False)
+            self._done_at.pop(self.last.popitem(last=False)[0], None)
 
     async def get(self, request_id: UUID, full: Callable[[], Awaitable[dict | None]],
                   quick: Callable[[], Awaitable[dict | None]]) -> dict | None:
+        done_at = self._done_at.get(request_id)
+        if done_at is not None and time.monotonic() - done_at < self.done_seconds:
+            return self.last[request_id]
         task = self.pending.get(request_id)
         if task is None:
             task = asyncio.ensure_future(full())
@@ -160,13 +150,10 @@ async def storage_view(storage: Storage, request_id: UUID, known: bool) -> dict 
 
 
 async def request_status(client: PrefectClient, storage: Storage, request_id: UUID, known: bool,
-                         link_seconds: int, cache: FinalStatuses | None = None) -> dict | None:
+                         link_seconds: int) -> dict | None:
     """The status document, or None when nothing is known of this request id.
 
     `known`: this API process queued the request (its event may not be stored yet)."""
-    cached = cache.get(request_id) if cache else None
-    if cached is not None:
-        return cached
     pointer = await to_thread.run_sync(read_pointer, storage, request_id)
     run = await find_run(client, request_id, pointer)
     video_id = (pointer or {}).get("video_id")
@@ -184,6 +171,4 @@ async def request_status(client: PrefectClient, storage: Storage, request_id: UU
         status["message"] = state.message or f"the run ended {state.name}"
     elif state.type == StateType.COMPLETED and video_id:
         status["outputs"] = await to_thread.run_sync(outputs, storage, request_id, video_id, link_seconds)
-    if cache is not None and status.get("outputs"):  # not a failed run: it may be retried
-        cache.put(request_id, status)
     return status

@@ -371,6 +371,18 @@ def test_status_answers_in_budget_then_from_what_is_known():
         other = uuid.uuid4()
         assert await answers.get(other, full(0.2, "Running"), quick) == {"state": "queued", "stale": True}
 
+        # a completed answer (with outputs) is given again without a fetch
+        done = uuid.uuid4()
+        assert await answers.get(done, full(0.0, "Completed"), quick) == {"state": "Completed"}
+        assert calls.count("Completed") == 2  # no outputs: not kept as done
+
+        async def completed():
+            calls.append("completed-with-outputs")
+            return {"state": "Completed", "outputs": {"renditions": []}}
+        assert (await answers.get(done, completed, quick))["outputs"] == {"renditions": []}
+        assert (await answers.get(done, completed, quick))["outputs"] == {"renditions": []}
+        assert calls.count("completed-with-outputs") == 1
+
         async def nothing():
             return None
         # nothing anywhere: wait for the full answer
