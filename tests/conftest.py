@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,22 @@ def _engine(s3_server, data_dir, monkeypatch):
     yield Engine(s3=s3_server.client(), bucket=name, settings=settings)
     reload_settings()
     forget_buckets()
+    drop_bucket(s3_server.client(), name)
+
+
+def drop_bucket(s3, name: str) -> None:
+    """Delete a test's bucket: SeaweedFS gives each bucket volumes of its own, and a session
+    that keeps ~180 buckets ran out of them ("No writable volumes and no free volumes left")."""
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=name, Delete={"Objects": keys})
+        for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        s3.delete_bucket(Bucket=name)
+    except Exception as exc:  # best effort: a test that broke the server says so itself
+        warnings.warn(f"could not delete test bucket {name}: {exc}")
 
 
 @dataclass
