@@ -63,7 +63,6 @@ class WarmWorker:
         self.name = f"warm-{socket.gethostname()}-{os.getpid()}"
         self.running: dict[UUID, Future] = {}
         self.stopping = threading.Event()
-        self.taken = self.finished = 0
         self._flows: dict[UUID, object] = {}
 
     # ---- the flow of a run -----------------------------------------------------------------
@@ -113,7 +112,6 @@ class WarmWorker:
                 continue
             flow_run = await client.read_flow_run(flow_run.id)
             self.running[flow_run.id] = self.pool_executor.submit(self._run, flow, flow_run)
-            self.taken += 1
             taken += 1
         return taken
 
@@ -127,8 +125,6 @@ class WarmWorker:
                         time.monotonic() - started)
         except BaseException:  # the engine reports the run's own failures as its state
             logger.exception("run %s: the engine failed", flow_run.name)
-        finally:
-            self.finished += 1
 
     async def reclaim(self, client) -> int:
         """Put back in the queue the runs of this pool whose warm worker on this host died."""
