@@ -27,6 +27,7 @@ from transcoder import keys
 from transcoder.errors import BadInputError
 from transcoder.ladder import check_codec, parse_rungs
 from transcoder.models import EncoderSettings, Plan, TranscodeResult
+from transcoder.reuse import fingerprint, record_finished
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 
@@ -122,12 +123,16 @@ def transcode_video(
     done = stages.map(transcode_batch, [{"plan": plan, "source": src, "chunks": group, "probe": probe if i == 0 else None}
                                         for i, group in enumerate(groups)], on_done)
 
+    title = _title(src.origin)
     result = stages.run(merge_video, plan=plan, source=src, probe=probe, batches=done, started_at=started_at,
-                        title=_title(src.origin))
+                        title=title)
+    # a rerun with the same settings is answered from these outputs, without a flow run
+    record_finished(Storage(), fingerprint(settings, renditions, codec, preset, crf, chunk_seconds, gop_seconds),
+                    result, title)
     if output_dir:
         result = result.model_copy(update={"renditions": tuple(export_rendition(r, output_dir)
                                                                for r in result.renditions)})
         export_package(src.video_id, output_dir)
         if result.player_url:
-            export_player(src.video_id, _title(src.origin), result.thumbnails, output_dir)
+            export_player(src.video_id, title, result.thumbnails, output_dir)
     return result

@@ -6,7 +6,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from transcoder import hls, keys
+from transcoder import export, hls, keys
 from transcoder.assemble import assemble
 from transcoder.errors import VerificationError
 from transcoder.ingest import sha256_file
@@ -70,26 +70,10 @@ def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str)
       cache_policy=NO_CACHE)
 def export_rendition(rendition: Rendition, output_dir: str) -> Rendition:
     """Copy a published rendition to a local folder (`--output-dir`)."""
-    dest = Path(output_dir).expanduser().resolve() / Path(rendition.key).name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if not (dest.exists() and dest.stat().st_size == rendition.size and sha256_file(dest) == rendition.sha256):
-        Storage().download(rendition.key, dest)
-        if sha256_file(dest) != rendition.sha256:
-            dest.unlink()
-            raise VerificationError(f"{rendition.key} changed while it was being copied (another run?); run again")
-    return rendition.model_copy(update={"path": str(dest)})
+    return export.export_rendition(Storage(), rendition, output_dir)
 
 
 @task(name="export-package", retries=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def export_package(video_id: str, output_dir: str) -> str:
-    """Copy the HLS package, the poster and thumbnails, and report.json to a local folder
-    (`DIR/hls/`, `DIR/thumbnails/`, `DIR/report.json`)."""
-    storage = Storage()
-    root = Path(output_dir).expanduser().resolve()
-    for prefix, folder in ((keys.hls(video_id), "hls"), (keys.thumbnails(video_id), "thumbnails")):  # may be empty
-        for key in storage.list_keys(prefix):
-            storage.download(key, root / folder / key[len(prefix):])
-    storage.download(keys.report(video_id), root / "report.json")
-    return str(root / "hls" / "master.m3u8")
-
-
+    """Copy the HLS package, the poster and thumbnails, and report.json to a local folder."""
+    return export.export_package(Storage(), video_id, output_dir)

@@ -158,3 +158,53 @@ def _stage_inputs(video_id: str, engine):
     plan = Plan.model_validate(storage.get_json(keys.manifest(video_id))["plan"])
     segments = [stored_segment(storage, plan, plan.rungs[0], chunk) for chunk in plan.chunks]
     return plan, segments, None
+
+
+def test_rerun_of_a_finished_video_is_answered_from_storage(engine, media, tmp_path, cli_env):
+    """`transcode run` again with the same file and settings: no flow run, the same outputs,
+    checked in storage first; anything changed since sends it down the flow again."""
+    import json
+    import subprocess
+    import sys
+
+    src = media("standard", seconds=6)
+    out = tmp_path / "out"
+
+    def run(*extra: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "transcoder.cli", "run", str(src), "--renditions", "240p,144p",
+                               "--json", "--output-dir", str(out), *CLI_CHUNKING, *extra],
+                              capture_output=True, text=True, env=cli_env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def flow_runs() -> int:
+        with get_client(sync_client=True) as client:
+            return client.count_flow_runs()
+
+    first = run()
+    assert not first["reused"] and first["transcoded"] == first["chunks"] * 2
+    before = flow_runs()
+    again = run()
+    assert again["reused"] and again["transcoded"] == 0 and flow_runs() == before  # no flow run at all
+    assert [r["sha256"] for r in again["renditions"]] == [r["sha256"] for r in first["renditions"]]
+    for r in again["renditions"]:  # exported again, whole
+        assert os.path.getsize(r["path"]) == r["size"]
+    assert (out / "hls" / "master.m3u8").is_file() and (out / "player.html").is_file()
+    assert again["player_url"] != first["player_url"]  # a fresh page with fresh links
+
+    # other settings: the flow runs (and records its own result) ...
+    other = run("--crf", "30")
+    assert not other["reused"] and other["transcoded"] == other["chunks"] * 2
+    # ... and the first settings are not taken from storage now: the package is the other run's
+    back = run()
+    assert not back["reused"] and back["transcoded"] == 0 and back["cached"] == first["chunks"] * 2
+    assert run()["reused"]
+
+    # a published rung deleted: the flow runs and puts it back
+    engine.s3.delete_object(Bucket=engine.bucket, Key=first["renditions"][0]["key"])
+    mended = run()
+    assert not mended["reused"] and mended["renditions"][0]["sha256"] == first["renditions"][0]["sha256"]
+    assert not run("--no-reuse")["reused"]
+
+
+CLI_CHUNKING = ["--chunk-seconds", "2", "--gop-seconds", "1"]

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from .errors import BadInputError, TranscodeError
 from .settings import get_settings
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--crf", type=int, help="CRF on x264's scale, mapped for x265 and SVT-AV1 (default 23)")
     run.add_argument("--chunk-seconds", type=float, help="target chunk length (default 8)")
     run.add_argument("--gop-seconds", type=float, help="keyframe interval, the same in every rung (default 2)")
+    run.add_argument("--no-reuse", action="store_true",
+                     help="run the flow even when this file was finished with the same settings (every chunk "
+                          "still comes from the cache); by default such a rerun is answered from storage")
     run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs and tracebacks")
     sub.add_parser("up", help="start the local stack (Prefect server + SeaweedFS S3) and leave it running")
     sub.add_parser("down", help="stop the local stack")
@@ -111,8 +115,46 @@ def _demo(verbose: bool) -> int:
                                           + (["--verbose"] if verbose else [])))
 
 
+def _reused(args: argparse.Namespace):
+    """The finished result of this file with these settings, straight from storage (no
+    Prefect import, no flow run: transcoder/reuse.py), with the Prefect UI's address; None
+    when the flow has to run. A shortcut that fails is not a failed run: the flow decides."""
+    source = Path(args.source)
+    if args.no_reuse or "://" in args.source or not source.is_file():
+        return None
+    settings = get_settings()
+    try:
+        if _needs_local_stack():
+            state = _stack().state()
+            if state is None:  # not running: the flow's path starts it
+                return None
+            api_url = state.prefect_url
+        else:
+            api_url = os.environ.get("PREFECT_API_URL")
+        from .reuse import fingerprint, reuse_finished
+        from .storage import Storage, direct_bucket
+
+        # two attempts: a storage server that does not answer sends the command down the flow's path
+        bucket = direct_bucket(settings, api_url, attempts=2)
+        if bucket is None:
+            return None
+        wanted = fingerprint(settings, args.renditions, args.codec, args.preset, args.crf, args.chunk_seconds,
+                             args.gop_seconds)
+        result = reuse_finished(Storage(bucket), settings, source, wanted, args.output_dir)
+    except Exception as exc:  # noqa: BLE001
+        if args.verbose:
+            print(f"no reuse of a finished run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    ui = api_url.removesuffix("/api") if api_url else None
+    return (result, ui) if result is not None else None
+
+
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    reused = _reused(args)
+    if reused is not None:
+        _print_result(args, *reused, started)
+        return 0
     if _needs_local_stack():
         stack = _stack()
         if stack.state() is None:
@@ -160,6 +202,11 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         logging.getLogger("prefect.flow_runs").removeHandler(progress)
     progress.finish()
+    _print_result(args, result, ui, started)
+    return 0
+
+
+def _print_result(args: argparse.Namespace, result, ui: str | None, started: float) -> None:
     if args.json:
         payload = result.model_dump(mode="json")
         payload["bucket"] = get_settings().bucket
@@ -167,7 +214,6 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2))
     else:
         _print_table(result, ui)
-    return 0
 
 
 def _print_table(result, ui: str | None) -> None:
@@ -175,6 +221,9 @@ def _print_table(result, ui: str | None) -> None:
     print(f"\nvideo {result.video_id}: {result.duration:.2f} s at {result.fps} fps, {result.chunks} chunks; "
           f"chunk x rung tasks: {result.transcoded} transcoded, {result.cached} from cache "
           f"({result.wall_seconds:.1f} s)")
+    if result.reused:
+        print("answered from the finished outputs of an earlier run with the same settings (checked in storage; "
+              "no flow run): --no-reuse runs the flow")
     if result.skipped_rungs:
         print(f"skipped (would upscale): {', '.join(result.skipped_rungs)}")
     header = f"{'rung':>9}  {'size':>10}  {'frames':>7}  {'kb/s':>6}  {'MB':>7}  {'PSNR':>6}  {'SSIM':>6}  where"

@@ -10,6 +10,7 @@
 {video_id}/thumbnails/poster.jpg, sprite_000.jpg, thumbnails.vtt
 {video_id}/player.html
 {video_id}/report.json
+{video_id}/results/{fingerprint}.json                  (a finished run's result, by its settings)
 encoded/{video_id}_{rung}.mp4
 requests/{request_id}.json                             (ingest API request -> video id, flow run)
 uploads/{request_id}/source.<ext>                      (uploads through the ingest API)
@@ -52,6 +53,10 @@ def audio_cache(video_id: str, profile: str, encoder_version: str) -> str:
 
 def report(video_id: str) -> str:
     return f"{video_id}/report.json"
+
+
+def finished(video_id: str, fingerprint: str) -> str:
+    return f"{video_id}/results/{fingerprint}.json"
 
 
 def encoded(video_id: str, rung: str) -> str:

@@ -292,6 +292,9 @@ class TranscodeResult(Frozen):
     thumbnails: Thumbnails | None = None
     player_url: str | None = None  # the player page in storage (presigned; expires)
     wall_seconds: float
+    # answered from the finished outputs of an earlier run with the same settings, no flow run
+    # (transcoder/reuse.py)
+    reused: bool = False
 
 
 def stable_hash(value: object) -> str:

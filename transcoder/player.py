@@ -9,6 +9,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import keys
+
+if TYPE_CHECKING:
+    from .models import Thumbnails
+    from .storage import Storage
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "player" / "player.html"
@@ -45,3 +52,36 @@ def render(config: dict) -> str:
     parts = {"HLSJS": hlsjs, "CONFIG": config_literal(config)}
     # one pass: text put in by one placeholder is never searched for the other
     return _PLACEHOLDER.sub(lambda m: parts[m.group(1)], TEMPLATE.read_text(encoding="utf-8"))
+
+
+def page_config(video_id: str, title: str, thumbnails: Thumbnails | None, storage: Storage | None,
+                expires: int = 0) -> dict:
+    """The page's config. With `storage`, every file is reached through a presigned URL
+    (the bucket is private); without, paths are relative to the page (a folder copy)."""
+    root = keys.hls(video_id).removesuffix("hls/")
+    config = {"title": title, "base": "", "signed": {}, "master": "hls/master.m3u8",
+              "poster": "thumbnails/poster.jpg" if thumbnails else None,
+              "thumbnails": "thumbnails/thumbnails.vtt" if thumbnails else None}
+    if storage is not None:
+        names = storage.list_keys(keys.hls(video_id)) + (storage.list_keys(keys.thumbnails(video_id)) if thumbnails else [])
+        signed = {key[len(root):]: storage.presigned_url(key, expires, public=True) for key in names}
+        master = signed["hls/master.m3u8"]
+        config["signed"] = signed
+        # the unsigned address of `{video_id}/`: what hls.js resolves relative URIs under
+        config["base"] = master.split("?", 1)[0].removesuffix("hls/master.m3u8")
+    return config
+
+
+def publish(storage: Storage, video_id: str, title: str, thumbnails: Thumbnails | None, expires: int) -> str:
+    """The page in storage, next to the package; returns its presigned address. Its links
+    are presigned too, so the page works for as long as they do (`expires` seconds)."""
+    storage.put_text(keys.player(video_id), render(page_config(video_id, title, thumbnails, storage, expires)),
+                     "text/html; charset=utf-8")
+    return storage.presigned_url(keys.player(video_id), expires, public=True)
+
+
+def export(video_id: str, title: str, thumbnails: Thumbnails | None, output_dir: str) -> str:
+    """`DIR/player.html` beside a folder copy (`--output-dir`): relative links, no expiry."""
+    local = Path(output_dir).expanduser().resolve() / "player.html"
+    local.write_text(render(page_config(video_id, title, thumbnails, None)), encoding="utf-8")
+    return str(local)

@@ -69,6 +69,73 @@ def forget_buckets() -> None:
         _cache.clear()
 
 
+class DirectBucket:
+    """What `Storage` uses of an S3Bucket block, over a plain boto3 session: for a command
+    that answers without Prefect (importing it costs seconds, transcoder/reuse.py)."""
+
+    def __init__(self, endpoint: str | None, access_key: str | None, secret_key: str | None, bucket: str, region: str,
+                 attempts: int = CLIENT_CONFIG["retries"]["max_attempts"]):
+        import boto3
+
+        self.attempts = attempts
+        self.bucket_name = bucket
+        self.endpoint = endpoint
+        self.credentials = self  # the block's credentials hand out the session and client
+        self.session = boto3.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                     region_name=region)
+
+    def get_boto3_session(self):
+        return self.session
+
+    @cached_property
+    def _client(self):
+        from botocore.config import Config
+
+        config = {**CLIENT_CONFIG, "retries": {"mode": "standard", "max_attempts": self.attempts}}
+        return self.session.client("s3", endpoint_url=self.endpoint, config=Config(**config))
+
+    def get_s3_client(self):
+        return self._client
+
+    def upload_from_path(self, path: str, key: str, **kwargs: Any) -> None:
+        self._client.upload_file(path, self.bucket_name, key, **kwargs)
+
+    def download_object_to_path(self, key: str, path: str) -> None:
+        self._client.download_file(self.bucket_name, key, path)
+
+
+def direct_bucket(settings: Settings, api_url: str | None, attempts: int = 2) -> DirectBucket | None:
+    """The configured bucket without importing Prefect: from the environment when
+    `TRANSCODE_S3_ENDPOINT` is set, else the saved S3Bucket block read over Prefect's REST
+    API (`api_url`). None where only prefect-aws knows how to connect (a bucket folder,
+    a profile, an assumed role)."""
+    if settings.s3_endpoint:
+        return DirectBucket(settings.s3_endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                            os.environ.get("AWS_SECRET_ACCESS_KEY", ""), settings.bucket, settings.s3_region, attempts)
+    if not api_url:
+        return None
+    import base64
+    import urllib.parse
+    import urllib.request
+
+    headers = {"Accept": "application/json"}
+    if os.environ.get("PREFECT_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
+    elif os.environ.get("PREFECT_API_AUTH_STRING"):
+        headers["Authorization"] = "Basic " + base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
+    url = (f"{api_url.rstrip('/')}/block_types/slug/s3-bucket/block_documents/name/"
+           f"{urllib.parse.quote(settings.storage_block, safe='')}?include_secrets=true")
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:  # nosec B310
+        data = json.load(resp)["data"]
+    creds = data.get("credentials") or {}
+    if data.get("bucket_folder") or creds.get("profile_name") or creds.get("assume_role_arn") \
+            or creds.get("aws_session_token"):
+        return None
+    return DirectBucket((creds.get("aws_client_parameters") or {}).get("endpoint_url"), creds.get("aws_access_key_id"),
+                        creds.get("aws_secret_access_key"), data["bucket_name"], creds.get("region_name") or
+                        settings.s3_region, attempts)
+
+
 class Storage:
     """The few storage operations the pipeline needs, on one bucket."""
 
