@@ -22,7 +22,9 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,8 @@ class Measured:
     cpu: float  # user + system of the child and every descendant it waited for
     server_cpu: float  # Prefect server + SeaweedFS (and their children) during the run
     stdout: str
+    peak_rss: int = 0  # bytes: the most the run's processes held at once (sampled every 0.2 s)
+    server_peak_rss: int = 0
 
 
 # ---------------------------------------------------------------- measuring
@@ -100,15 +104,56 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(argv: list[str], server_pids: list[int]) -> Measured:
-    """Run argv to completion; RUSAGE_CHILDREN deltas count it and all it waited for."""
+class PeakMemory:
+    """Samples the summed RSS of this process's descendants (and of the servers) every
+    0.2 s while a contender runs: what a machine running it must hold at once."""
+
+    def __init__(self, server_pids: list[int]):
+        self.server_pids = server_pids
+        self.peak = self.server_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        while True:
+            table = proc_table()
+            own = [pid for pid, (ppid, _, _) in table.items() if ppid == me]
+            self.peak = max(self.peak, tree_usage(table, own)[0])
+            self.server_peak = max(self.server_peak, tree_usage(table, self.server_pids)[0])
+            if self._stop.wait(0.2):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure_call(run: Callable[[], str], server_pids: list[int]) -> Measured:
+    """Time `run` (which starts processes and waits for them; returns their output):
+    RUSAGE_CHILDREN deltas count every process it waited for, however many."""
     cpu0, srv0, t0 = children_cpu(), servers_cpu(server_pids), time.perf_counter()
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    with PeakMemory(server_pids) as memory:
+        stdout = run()
     wall = time.perf_counter() - t0
-    cpu, srv = children_cpu() - cpu0, servers_cpu(server_pids) - srv0
+    return Measured(wall=wall, cpu=children_cpu() - cpu0, server_cpu=servers_cpu(server_pids) - srv0, stdout=stdout,
+                    peak_rss=memory.peak, server_peak_rss=memory.server_peak)
+
+
+def run_checked(argv: list[str]) -> str:
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-3000:]}")
-    return Measured(wall=wall, cpu=cpu, server_cpu=srv, stdout=proc.stdout)
+    return proc.stdout
+
+
+def measure(argv: list[str], server_pids: list[int]) -> Measured:
+    """Run argv to completion, measured (measure_call)."""
+    return measure_call(lambda: run_checked(argv), server_pids)
 
 
 # ---------------------------------------------------------------- inputs and stack
@@ -136,6 +181,8 @@ def stack_pids() -> list[int]:
     """Start (or reuse) the local stack now, so its start-up is in no timed run."""
     subprocess.run([TRANSCODE, "up"], check=True, stdout=subprocess.DEVNULL)
     state = json.loads((get_settings().data_dir / "stack.json").read_text())
+    # a Prefect client in this process must talk to that server (not start a temporary one)
+    os.environ["PREFECT_API_URL"] = state["prefect_url"]
     return [state["prefect_pid"], state["s3_pid"]]
 
 

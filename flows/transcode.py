@@ -126,9 +126,13 @@ def transcode_video(
     title = _title(src.origin)
     result = stages.run(merge_video, plan=plan, source=src, probe=probe, batches=done, started_at=started_at,
                         title=title)
-    # a rerun with the same settings is answered from these outputs, without a flow run
-    record_finished(Storage(), fingerprint(settings, renditions, codec, preset, crf, chunk_seconds, gop_seconds),
-                    result, title)
+    # a rerun with the same settings is answered from these outputs, without a flow run;
+    # bookkeeping only: the video is finished whether or not it can be written
+    try:
+        record_finished(Storage(), fingerprint(settings, renditions, codec, preset, crf, chunk_seconds, gop_seconds),
+                        result)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("could not keep the finished result for reruns: %s", exc)
     if output_dir:
         result = result.model_copy(update={"renditions": tuple(export_rendition(r, output_dir)
                                                                for r in result.renditions)})

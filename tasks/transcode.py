@@ -3,11 +3,11 @@ from __future__ import annotations
 from prefect import task
 
 from transcoder.errors import TranscodeError
-from transcoder.ingest import ensure_local
+from transcoder.ingest import chunk_source
 from transcoder.models import Chunk, Plan, Rung, Segment, SourceObject
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
-from transcoder.transcode import encode_chunk, stored_segment
+from transcoder.transcode import chunk_timeout, encode_chunk, stored_segment
 from transcoder.workspace import scratch_dir
 
 from .common import ChunkRungCache, KeyedLocks, locked, retry_transient
@@ -39,9 +39,10 @@ def transcode_chunk(plan: Plan, source: SourceObject, chunk: Chunk, rung: Rung) 
         if done is not None:
             return done
         missing = [r for r in plan.rungs if r == rung or stored_segment(storage, plan, r, chunk) is None]
-        local = ensure_local(source, storage, settings)
+        # the encode, its check and (HEVC/AV1) the comparison each read the source once
+        reader = chunk_source(source, storage, settings, 3 * chunk_timeout(plan, chunk, settings))
         scratch = scratch_dir(settings, plan.video_id, f"chunk_{chunk.name}")
-        for segment in encode_chunk(local, plan, chunk, missing, storage, settings, scratch):
+        for segment in encode_chunk(reader, plan, chunk, missing, storage, settings, scratch):
             if segment.rung == rung.name:
                 return segment
     raise TranscodeError(f"chunk {chunk.name}: {rung.name} was not written")  # unreachable: rung is in `missing`

@@ -208,3 +208,92 @@ def test_rerun_of_a_finished_video_is_answered_from_storage(engine, media, tmp_p
 
 
 CLI_CHUNKING = ["--chunk-seconds", "2", "--gop-seconds", "1"]
+
+
+def test_worker_without_the_source_reads_its_chunk_from_storage(engine, media, monkeypatch):
+    """With TRANSCODE_RANGE_READS, a chunk task on a machine without the source (another
+    worker in mode "deployments") reads the stored original through a presigned link with
+    range requests: the same bytes out as from a local copy, part of the file over the wire
+    (the last chunk: ffmpeg reads from the chunk's keyframe to the end), and no copy left behind."""
+    import socket
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit, urlunsplit
+
+    from flows.transcode import transcode_video
+    from tasks.transcode import transcode_chunk
+    from transcoder import keys
+    from transcoder.ingest import local_source_path
+    from transcoder.models import Plan, SourceObject
+    from transcoder.settings import reload_settings
+    from transcoder.storage import Storage
+    from transcoder.transcode import segment_key
+
+    # big enough that a chunk is a small part of it even counting what the connections buffer
+    src = media("standard", seconds=16, width=1280, height=720)
+    first = transcode_video(str(src), renditions="240p", **CHUNKING)
+    storage = Storage()
+    manifest = storage.get_json(keys.manifest(first.video_id))
+    plan, source = Plan.model_validate(manifest["plan"]), SourceObject.model_validate(manifest["source"])
+    chunk, rung = plan.chunks[-1], plan.rungs[0]
+    key = segment_key(plan, rung, chunk)
+    encoded_here = storage.head(key)["metadata"]["sha256"]
+    storage.delete(key)
+    local = local_source_path(engine.settings, source.video_id, source.ext)
+    local.unlink(missing_ok=True)  # (the run's cleanup may have removed it already)
+
+    # a counting proxy in front of the S3 server; it keeps the Host the link was signed for
+    served = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def setup(self):
+            super().setup()  # a small send queue: what is counted is close to what ffmpeg took
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+
+        def do_GET(self):  # noqa: N802
+            headers = {k: v for k, v in self.headers.items() if k.lower() == "range"}
+            try:
+                resp = urllib.request.urlopen(urllib.request.Request(upstream + self.path, headers=headers))
+            except urllib.error.HTTPError as exc:
+                resp = exc
+            self.send_response(resp.status)
+            for name in ("Content-Type", "Content-Range", "Content-Length", "Accept-Ranges", "ETag", "Last-Modified"):
+                if resp.headers.get(name):
+                    self.send_header(name, resp.headers[name])
+            self.end_headers()
+            sent = 0
+            try:  # what ffmpeg takes before it closes the connection (a seek) is what crossed
+                while block := resp.read(1 << 16):
+                    self.wfile.write(block)
+                    sent += len(block)
+            except OSError:
+                pass
+            finally:
+                resp.close()
+                served.append(sent)
+
+        def log_message(self, *args):
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    signed = Storage.presigned_url
+    upstream = ""
+
+    def through_proxy(self, key, expires=3600, public=False):
+        nonlocal upstream
+        parts = urlsplit(signed(self, key, expires, public))
+        upstream = f"{parts.scheme}://{parts.netloc}"
+        return urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.server_port}"))
+
+    monkeypatch.setattr(Storage, "presigned_url", through_proxy)
+    monkeypatch.setenv("TRANSCODE_RANGE_READS", "true")
+    reload_settings()
+    try:
+        segment = transcode_chunk.fn(plan, source, chunk, rung)
+    finally:
+        proxy.shutdown()
+    assert segment.sha256 == encoded_here  # the same bytes as from the local copy
+    assert not local.exists()  # nothing downloaded whole
+    assert served and sum(served) < 0.5 * source.size, (served, source.size)  # a 2 s chunk of a 16 s file

@@ -33,9 +33,52 @@ def test_up_run_down(tmp_path, media):
         assert run.returncode == 0, run.stderr
         result = json.loads(run.stdout)
         assert result["renditions"][0]["name"] == "144p" and Path(result["renditions"][0]["path"]).exists()
+        assert not result["reused"]
+        # the same command again: answered from storage through the stack's own credentials
+        rerun = cli(["run", str(media("standard", seconds=6)), "--renditions", "144p", "--json"], env)
+        assert rerun.returncode == 0, rerun.stderr
+        assert json.loads(rerun.stdout)["reused"] and json.loads(rerun.stdout)["renditions"][0]["sha256"] \
+            == result["renditions"][0]["sha256"]
         again = cli(["up"], env)  # idempotent: the same servers
         assert again.returncode == 0 and again.stdout == up.stdout
     finally:
         down = cli(["down"], env)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert cli(["status"], env).returncode == 1
+
+
+def test_benchmarks_run_on_a_tiny_input(tmp_path):
+    """`make bench`'s ladder part and the collection of results and plots, end to end on a
+    4 s 360p input (the figures mean nothing at that size; the code paths are the real ones)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "TRANSCODE_"))}
+    env.update({"TRANSCODE_DATA_DIR": str(tmp_path / "data"), "TRANSCODE_PREFECT_PORT": str(free_port()),
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.run([sys.executable, str(bench / "bench_ladder.py"), "--seconds", "4", "--height", "360",
+                               "--crfs", "23,30", "--out", str(out)], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        cli(["down"], env)
+    assert "BD-rate of the engine" in proc.stdout
+    ladder = json.loads((out / "results-ladder.json").read_text())
+    assert set(ladder["contenders"]) == {"single", "single-1t", "sequential", "naive", "engine", "engine-rerun"}
+    assert ladder["contenders"]["engine-rerun"]["reused"] and ladder["contenders"]["engine-rerun"]["same_sha256"]
+    frames = ladder["input"]["frames"]
+    for name in ("single", "single-1t", "sequential", "engine"):
+        for output in ladder["contenders"][name]["outputs"]:
+            assert output["frames"] == frames and output["psnr"] > 30, (name, output)
+    assert all(c["peak_rss"] > 0 and c["cpu"] > 0 for c in ladder["contenders"].values())
+    bd = ladder["bd_rate"]["rungs"][0]
+    assert abs(bd["bd_rate_psnr_pct"]) < 25 and abs(bd["bd_rate_ssim_pct"]) < 25
+
+    collect = subprocess.run([sys.executable, str(bench / "bench.py"), "--collect", "--out", str(out), "--results",
+                              str(tmp_path / "results.json"), "--img", str(tmp_path / "img")],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert collect.returncode == 0, collect.stderr
+    combined = json.loads((tmp_path / "results.json").read_text())
+    assert combined["parts"]["ladder"]["input"]["seconds"] == 4
+    for name in ("bench-ladder.png", "bench-bdrate.png"):
+        assert (tmp_path / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

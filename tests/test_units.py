@@ -389,3 +389,57 @@ def test_status_answers_in_budget_then_from_what_is_known():
         assert await answers.get(uuid.uuid4(), full(0.1, "Failed"), nothing) == {"state": "Failed"}
 
     asyncio.run(scenario())
+
+
+def test_bd_rate_and_the_scaling_model():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_ladder import bd_rate
+    from bench_scaling import makespan, model
+
+    ref = [(1000.0, 34.0), (1600.0, 36.5), (2600.0, 39.0)]
+    assert abs(bd_rate(ref, ref)) < 1e-9
+    assert bd_rate(ref, [(r * 1.1, q) for r, q in ref]) == pytest.approx(10.0, abs=1e-6)  # 10% more bits, same quality
+    assert bd_rate(ref, [(r, q + 0.5) for r, q in ref]) < 0  # better pictures at the same rate: fewer bits needed
+    assert makespan([4, 3, 3, 2, 2, 2], 2) == 8 and makespan([5, 1], 4) == 5
+    rows = model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4, source_mb=100, s3_mb_s=100,
+                 counts=(1, 2, 8, 16), fetch="whole")
+    assert [r["transcode"] for r in rows] == [80, 40, 10, 10]  # more workers than chunks: no faster
+    assert rows[0]["storage"] == 0 and rows[2]["storage"] == 8  # 8 workers fetch the source once each
+    assert rows[1]["speedup"] == pytest.approx(85 / 47)  # 2 + 2 (two whole fetches) + 40 + 3
+    assert rows[3]["efficiency"] < rows[2]["efficiency"]
+    # range reads: the source crosses the server once, during the encodes; only a slow server shows
+    ranged = model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4, source_mb=100, s3_mb_s=100,
+                   counts=(8,)) + model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4,
+                                        source_mb=100, s3_mb_s=5, counts=(8,))
+    assert ranged[0]["storage"] == 0 and ranged[1]["storage"] == 10  # 20 s to read at 5 MB/s, 10 of them hidden
+
+
+def test_sprites_of_120_thumbnails(tmp_path, media):
+    """A video over ~200 s asks for up to 120 thumbnails: one select expression of 120 terms is
+    more than ffmpeg's parser takes (found by the 10-minute memory benchmark)."""
+    import functools
+    import subprocess
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from transcoder import thumbnails
+
+    # 150 frames, `moov` first like a rendition (this plain server cannot answer range requests)
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(media("standard", seconds=6, width=320, height=180)), "-c", "copy",
+                    "-movflags", "+faststart", str(clip)], check=True, timeout=120)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        argv = thumbnails.sprite_argv(f"http://127.0.0.1:{server.server_port}/{clip.name}", list(range(0, 120)),
+                                      (80, 44), tmp_path / "sprite_%03d.jpg")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    assert sorted(p.name for p in tmp_path.glob("sprite_*.jpg")) == ["sprite_001.jpg", "sprite_002.jpg"]

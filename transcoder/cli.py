@@ -119,11 +119,13 @@ def _reused(args: argparse.Namespace):
     """The finished result of this file with these settings, straight from storage (no
     Prefect import, no flow run: transcoder/reuse.py), with the Prefect UI's address; None
     when the flow has to run. A shortcut that fails is not a failed run: the flow decides."""
-    source = Path(args.source)
-    if args.no_reuse or "://" in args.source or not source.is_file():
+    if args.no_reuse or "://" in args.source:
         return None
+    source = Path(args.source)
     settings = get_settings()
     try:
+        if not source.is_file():  # the flow says what is wrong with it
+            return None
         if _needs_local_stack():
             state = _stack().state()
             if state is None:  # not running: the flow's path starts it
@@ -140,7 +142,7 @@ def _reused(args: argparse.Namespace):
             return None
         wanted = fingerprint(settings, args.renditions, args.codec, args.preset, args.crf, args.chunk_seconds,
                              args.gop_seconds)
-        result = reuse_finished(Storage(bucket), settings, source, wanted, args.output_dir)
+        result = reuse_finished(Storage(bucket), settings, source, wanted, args.output_dir, source.name)
     except Exception as exc:  # noqa: BLE001
         if args.verbose:
             print(f"no reuse of a finished run: {type(exc).__name__}: {exc}", file=sys.stderr)

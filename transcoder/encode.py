@@ -140,7 +140,7 @@ def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool 
 
 
 def chunk_argv(
-    source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int, measure: bool = False
+    source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int, measure: bool = False
 ) -> list[str]:
     """With `measure`, x264 measures PSNR/SSIM and the log is kept at info level (read by quality.x264_stats)."""
     rungs = [r for r, _ in outputs]

@@ -112,6 +112,20 @@ def ensure_local(source: SourceObject, storage: Storage, settings: Settings) -> 
     return local
 
 
+def chunk_source(source: SourceObject, storage: Storage, settings: Settings, seconds: float) -> Path | str:
+    """Where a chunk's ffmpeg reads the source: this machine's copy when it has one (the
+    worker that ingested it, mode "local"); else, with `TRANSCODE_RANGE_READS`, the stored
+    original through a presigned link (HTTP range requests: the header, then from the
+    chunk's keyframe on), or by default a whole download, once per worker.
+    `seconds`: how long the link must last (the ffmpeg's timeout)."""
+    local = local_source_path(settings, source.video_id, source.ext)
+    if local.exists() and local.stat().st_size == source.size:
+        return local
+    if not settings.range_reads:
+        return ensure_local(source, storage, settings)
+    return storage.presigned_url(source.key, expires=int(max(3600, 2 * seconds)))
+
+
 def parse_s3_url(origin: str) -> tuple[str, str]:
     """`s3://bucket/key` -> (bucket, key), or a BadInputError that says what is wrong."""
     bucket, _, key = origin.removeprefix("s3://").partition("/")

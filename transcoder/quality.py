@@ -42,7 +42,7 @@ def x264_stats(stderr: str, frames: int) -> list[Quality]:
     return out
 
 
-def check_argv(source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], stats: Path,
+def check_argv(source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], stats: Path,
                max_pixels: int) -> list[str]:
     rungs = [r for r, _ in outputs]
     # Both sides get timestamps 0, 1, 2, ... in one time base, so the comparison pairs
@@ -95,16 +95,18 @@ def _fields(line: str) -> dict[str, float]:
     return out
 
 
-def measure_chunk(source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], scratch: Path,
+def measure_chunk(source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], scratch: Path,
                   max_pixels: int, timeout: float) -> list[Quality]:
     """Per rung, the quality of its segment; raises if any segment misses frames or decodes with errors."""
     stats = scratch / "quality"
     stats.mkdir(parents=True, exist_ok=True)
     proc = ffmpeg.run(check_argv(source, plan, chunk, outputs, stats, max_pixels), timeout,
                       f"check chunk {chunk.name}")
-    if proc.stderr.strip():
-        raise VerificationError(f"chunk {chunk.name}: a segment does not decode cleanly: "
-                                f"{proc.stderr.strip().splitlines()[0]}")
+    # ffmpeg's http client reports a dropped connection even when -reconnect recovered it:
+    # those lines are about the source link, not the segments
+    problems = [line for line in proc.stderr.strip().splitlines() if not line.startswith(("[http", "[https", "[tcp", "[tls"))]
+    if problems:
+        raise VerificationError(f"chunk {chunk.name}: a segment does not decode cleanly: {problems[0]}")
     results = []
     for i, (rung, _) in enumerate(outputs):
         quality = parse_stats(stats / f"psnr_{i}.log", stats / f"ssim_{i}.log")
@@ -115,7 +117,7 @@ def measure_chunk(source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Ru
     return results
 
 
-def measure_outputs(encode_log: str, source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
+def measure_outputs(encode_log: str, source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
                     scratch: Path, max_pixels: int, timeout: float) -> list[Quality]:
     """Per output of one chunk encode, in order: x264's own figures for H.264 rungs (from
     the encode's log), a comparison by a second ffmpeg for the others."""

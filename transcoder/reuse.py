@@ -24,16 +24,19 @@ from .models import TranscodeResult, stable_hash
 from .settings import Settings
 from .storage import Storage
 
+# Bump when a change to the code changes what a finished run publishes (its outputs, HLS
+# package, thumbnails, report) for the same settings: older records are then not reused.
 RECORD_FORMAT = 1
-# the settings that decide an output's bytes or which outputs there are
-_OUTPUT_SETTINGS = {"gop_seconds", "segment_seconds", "chunk_seconds", "codec", "preset", "crf", "x264_threads",
-                    "audio_bitrate_kbps", "quality_metrics", "streaming_outputs"}
+# the settings that decide an output's bytes or which outputs there are, and the input
+# limits (a source a run would now refuse must not be answered from an older run)
+_OUTPUT_SETTINGS = {"segment_seconds", "x264_threads", "audio_bitrate_kbps", "quality_metrics", "streaming_outputs",
+                    "max_input_bytes", "max_duration_seconds", "max_dimension", "min_dimension", "max_frames"}
 
 
 def fingerprint(settings: Settings, renditions: str | list[str] | None, codec: str | None, preset: str | None,
                 crf: int | None, chunk_seconds: float | None, gop_seconds: float | None) -> str:
     """Everything of a request that decides its outputs, as a hash (ffmpeg build included)."""
-    codec = check_codec(codec or settings.codec)
+    codec = check_codec(codec or settings.codec)  # the request's values, resolved against the settings
     request = {"rungs": parse_rungs(renditions, codec), "codec": codec, "preset": preset or settings.preset,
                "crf": settings.crf if crf is None else crf, "chunk_seconds": chunk_seconds or settings.chunk_seconds,
                "gop_seconds": gop_seconds or settings.gop_seconds}
@@ -41,19 +44,33 @@ def fingerprint(settings: Settings, renditions: str | list[str] | None, codec: s
                         "settings": settings.model_dump(include=_OUTPUT_SETTINGS, mode="json")})[:32]
 
 
-def record_finished(storage: Storage, fingerprint_: str, result: TranscodeResult, title: str) -> None:
-    """Keep a finished run's result for reruns, with the report's ETag: any later run of the
-    video rewrites the report, which tells a rerun that the outputs may be another run's."""
+def published(storage: Storage, result: TranscodeResult) -> dict[str, str]:
+    """ETag of every object a rerun would hand out besides the MP4s (whose sha256 is checked):
+    the report, the HLS package, the poster and thumbnails. Any run that rewrote one changed it."""
+    video_id = result.video_id
+    found = {o["Key"]: o["ETag"] for prefix in (keys.hls(video_id), keys.thumbnails(video_id))
+             for o in storage.list_objects(prefix)}
     report = storage.head(result.report_key)
-    if report is None:  # cannot happen after a finished run; without it nothing can be checked
-        return
+    if report is not None:
+        found[result.report_key] = report["etag"]
+    return found
+
+
+def record_finished(storage: Storage, fingerprint_: str, result: TranscodeResult) -> bool:
+    """Keep a finished run's result for reruns, with the ETags of what it published. Not kept
+    when the stored report is not this run's (another run of the video finished meanwhile)."""
+    report = storage.get_json(result.report_key) or {}
+    if [r.get("sha256") for r in report.get("renditions", [])] != [r.sha256 for r in result.renditions] \
+            or report.get("hls_master") != result.hls_master_key:
+        return False
     storage.put_json(keys.finished(result.video_id, fingerprint_),
-                     {"format": RECORD_FORMAT, "title": title, "report_etag": report["etag"],
+                     {"format": RECORD_FORMAT, "published": published(storage, result),
                       "result": result.model_dump(mode="json")})
+    return True
 
 
 def reuse_finished(storage: Storage, settings: Settings, source: Path, fingerprint_: str,
-                   output_dir: str | None) -> TranscodeResult | None:
+                   output_dir: str | None, title: str) -> TranscodeResult | None:
     """The finished result for this file and settings, checked and exported; None when the
     flow has to run (never finished, or its outputs are not all there as published)."""
     started = time.monotonic()
@@ -62,21 +79,18 @@ def reuse_finished(storage: Storage, settings: Settings, source: Path, fingerpri
     if not record or record.get("format") != RECORD_FORMAT:
         return None
     result = TranscodeResult.model_validate(record["result"])
-    report = storage.head(result.report_key)
-    if report is None or report["etag"] != record["report_etag"]:
-        return None  # another run since: the package and report may be for other settings
+    if published(storage, result) != record["published"]:
+        return None  # rewritten or gone since (another run, other settings): the flow decides
     if not all(storage.holds(r.key, r.sha256, r.size) for r in result.renditions):
-        return None
-    if result.hls_master_key and storage.head(result.hls_master_key) is None:
         return None
     update: dict = {"reused": True, "transcoded": 0, "cached": result.chunks * len(result.renditions)}
     if result.player_url:  # the stored page's links expire: a rerun writes a fresh one
-        update["player_url"] = player.publish(storage, video_id, record["title"], result.thumbnails,
+        update["player_url"] = player.publish(storage, video_id, title, result.thumbnails,
                                               settings.player_link_seconds)
     if output_dir:
         update["renditions"] = tuple(export.export_rendition(storage, r, output_dir) for r in result.renditions)
         export.export_package(storage, video_id, output_dir)
         if result.player_url:
-            player.export(video_id, record["title"], result.thumbnails, output_dir)
+            player.export(video_id, title, result.thumbnails, output_dir)
     update["wall_seconds"] = round(time.monotonic() - started, 3)
     return result.model_copy(update=update)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # Fan-out across workers (mode "deployments"): chunks per transcode batch (one flow
     # run on one worker, every rung of each chunk; a run costs a process/container start).
     batch_chunks: int = Field(4, ge=1)
+    # A worker without the source on its disk reads each chunk's bytes from storage
+    # (presigned link, HTTP range requests) instead of downloading the whole file first.
+    # Off by default: ffmpeg 5.1 goes on reading a chunk's input to the end of the file
+    # after its last frame, so a chunk reads from its start to the end (docs/performance.md).
+    range_reads: bool = False
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
     codec: str = "h264"  # h264 | hevc | av1, for rungs that name none (`720p:av1` does)

@@ -91,7 +91,9 @@ class DirectBucket:
     def _client(self):
         from botocore.config import Config
 
-        config = {**CLIENT_CONFIG, "retries": {"mode": "standard", "max_attempts": self.attempts}}
+        # a server that does not answer should send the caller its other way quickly
+        config = {**CLIENT_CONFIG, "retries": {"mode": "standard", "max_attempts": self.attempts},
+                  "connect_timeout": 3, "read_timeout": 20}
         return self.session.client("s3", endpoint_url=self.endpoint, config=Config(**config))
 
     def get_s3_client(self):
@@ -128,10 +130,12 @@ def direct_bucket(settings: Settings, api_url: str | None, attempts: int = 2) ->
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:  # nosec B310
         data = json.load(resp)["data"]
     creds = data.get("credentials") or {}
-    if data.get("bucket_folder") or creds.get("profile_name") or creds.get("assume_role_arn") \
-            or creds.get("aws_session_token"):
-        return None
-    return DirectBucket((creds.get("aws_client_parameters") or {}).get("endpoint_url"), creds.get("aws_access_key_id"),
+    params = creds.get("aws_client_parameters") or {}
+    if (data.get("bucket_folder") or "aws_access_key_id" not in creds or creds.get("profile_name")
+            or creds.get("assume_role_arn") or creds.get("aws_session_token") or params.get("verify") is not None
+            or params.get("verify_cert_path") or params.get("use_ssl") is False):
+        return None  # MinIO-style credentials, a profile, a role, own TLS settings: prefect-aws's to apply
+    return DirectBucket(params.get("endpoint_url"), creds.get("aws_access_key_id"),
                         creds.get("aws_secret_access_key"), data["bucket_name"], creds.get("region_name") or
                         settings.s3_region, attempts)
 

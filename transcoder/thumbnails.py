@@ -132,7 +132,10 @@ def thumb_size(width: int, height: int) -> tuple[int, int]:
 
 def sprite_argv(url: str, frame_numbers: list[int], size: tuple[int, int], out_pattern: Path) -> list[str]:
     """One pass: keep the chosen frames, shrink them, tile them 10x10 per JPEG."""
-    chosen = "+".join(f"eq(n\\,{n})" for n in frame_numbers)
+    # ffmpeg's expression parser refuses a sum of more than about 100 terms ("Error while
+    # parsing expression"; a video over ~200 s asks for up to 120): sums of 10 in brackets
+    groups = [frame_numbers[i:i + 10] for i in range(0, len(frame_numbers), 10)]
+    chosen = "+".join("(" + "+".join(f"eq(n\\,{n})" for n in group) + ")" for group in groups)
     graph = (f"select='{chosen}',scale={size[0]}:{size[1]}:flags=bicubic,setsar=1,"
              f"tile={SPRITE_COLUMNS}x{SPRITE_ROWS}")
     return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", *remote_input(url, rough=True),

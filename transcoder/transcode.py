@@ -35,16 +35,20 @@ def stored_segment(storage: Storage, plan: Plan, rung: Rung, chunk: Chunk) -> Se
                    size=found["size"], sha256=meta["sha256"], quality=quality, etag=found["etag"])
 
 
-def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], storage: Storage,
+def chunk_timeout(plan: Plan, chunk: Chunk, settings: Settings) -> float:
+    media_seconds = chunk.out_frames / float(plan.fps)
+    return max(settings.ffmpeg_min_timeout, settings.ffmpeg_timeout_per_media_second * media_seconds)
+
+
+def encode_chunk(source: Path | str, plan: Plan, chunk: Chunk, rungs: list[Rung], storage: Storage,
                  settings: Settings, scratch: Path) -> list[Segment]:
     """One ffmpeg: decode the chunk once, write each rung; check each whole (frames,
-    decoding, PSNR/SSIM), upload."""
+    decoding, PSNR/SSIM), upload. `source`: a local file or a presigned link to it."""
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.segment_ext(r)}") for r in rungs]
     measure = settings.quality_metrics
     argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure)
-    media_seconds = chunk.out_frames / float(plan.fps)
-    timeout = max(settings.ffmpeg_min_timeout, settings.ffmpeg_timeout_per_media_second * media_seconds)
+    timeout = chunk_timeout(plan, chunk, settings)
     try:
         try:
             qualities = _encode_and_check(argv, source, plan, chunk, outputs, scratch, settings, timeout)
@@ -70,7 +74,7 @@ def encode_chunk(source: Path, plan: Plan, chunk: Chunk, rungs: list[Rung], stor
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _encode_and_check(argv: list[str], source: Path, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
+def _encode_and_check(argv: list[str], source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
                       scratch: Path, settings: Settings, timeout: float) -> list[Quality | None]:
     """Run the chunk's ffmpeg; every output decodes whole to the planned frame count."""
     proc = ffmpeg.run(argv, timeout, f"transcode chunk {chunk.name} ({', '.join(r.name for r, _ in outputs)})")

@@ -1,0 +1,94 @@
+"""Memory: a worker's peak RSS against the video's length (10 s vs 10 min, same picture size).
+
+    .venv/bin/python benchmarks/bench_memory.py [--short 10] [--long 600] [--height 480]
+
+Each input runs cold through `transcode run` (mode local: the command's process is the worker,
+its ffmpegs its children). Sampled every 0.2 s: the worker's Python process (its VmHWM, the
+kernel's own high-water mark), the largest single ffmpeg, and everything the command started
+at once. The picture size is kept small so the 10-minute run fits in minutes on 2 cores;
+memory per ffmpeg depends on the picture size and the chunk, not on the video's length,
+which is what this checks. Writes OUT/results-memory.json. Loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import TRANSCODE, make_input, out_dir, proc_table, stack_pids, tree_usage, unique_copy  # noqa: E402
+
+LADDER = "360p,240p"
+
+
+def vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def run_sampled(source: Path) -> dict:
+    proc = subprocess.Popen([TRANSCODE, "run", str(source), "--json", "--renditions", LADDER, "--no-reuse"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = tree = ffmpeg = 0
+    started = time.perf_counter()
+    while proc.poll() is None:
+        worker = max(worker, vm_hwm(proc.pid))
+        table = proc_table()
+        tree = max(tree, tree_usage(table, [proc.pid])[0])
+        ffmpeg = max([ffmpeg] + [rss for pid, (_, rss, _) in table.items() if command_of(pid) == "ffmpeg"])
+        time.sleep(0.2)
+    wall = time.perf_counter() - started
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"engine failed: {stderr[-2000:]}")
+    result = json.loads(stdout)
+    return {"wall": wall, "chunks": result["chunks"], "duration": result["duration"], "worker_peak_rss": worker,
+            "largest_ffmpeg_rss": ffmpeg, "all_processes_peak_rss": tree}
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", type=float, default=10)
+    parser.add_argument("--long", type=float, default=600)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
+    args = parser.parse_args()
+    out = out_dir(args) / "memory"
+    out.mkdir(parents=True, exist_ok=True)
+    stack_pids()
+    rows = []
+    for seconds in (args.short, args.long):
+        print(f"{seconds:g} s input ...", file=sys.stderr)
+        source = unique_copy(make_input(out.parent, seconds, args.height), out)
+        rows.append({"seconds": seconds, **run_sampled(source)})
+    results = {"height": args.height, "ladder": LADDER, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rows,
+               "worker_growth": rows[1]["worker_peak_rss"] / rows[0]["worker_peak_rss"],
+               "ffmpeg_growth": rows[1]["largest_ffmpeg_rss"] / rows[0]["largest_ffmpeg_rss"]}
+    (out.parent / "results-memory.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\n{'input':>8} {'chunks':>6} {'wall s':>7} {'worker MiB':>11} {'largest ffmpeg':>15} {'all at once':>12}")
+    for r in rows:
+        print(f"{r['seconds']:>7g}s {r['chunks']:>6} {r['wall']:>7.1f} {r['worker_peak_rss'] / 2**20:>11.0f} "
+              f"{r['largest_ffmpeg_rss'] / 2**20:>15.0f} {r['all_processes_peak_rss'] / 2**20:>12.0f}")
+    print(f"\nworker {results['worker_growth']:.2f}x, largest ffmpeg {results['ffmpeg_growth']:.2f}x from "
+          f"{args.short:g} s to {args.long:g} s; results: {out.parent / 'results-memory.json'}")
+
+
+if __name__ == "__main__":
+    main()
