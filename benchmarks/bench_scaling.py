@@ -183,12 +183,12 @@ def linear(short: tuple[float, float], long: tuple[float, float]) -> tuple[float
 
 def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, model_seconds: float) -> dict:
     """The fit and the model from the measured runs (`python bench_scaling.py --analyse FILE` redoes it)."""
-    s3_mb_s = min(s3["upload_mb_s"], s3["download_mb_s"])
+    s3_mb_s = s3["download_mb_s"]  # workers read the source; one S3 server serves them all
     one, full, check, shorter = runs["one-core"], runs["all-cores"], runs["check"], runs["short"]
-    # A chunk's encode on one core: at `cores` workers each had one core (the one-core run's
-    # encodes are the same work alone on one core; the model uses the full run's, as N workers
-    # would run them).
-    encodes = full["stages"]["chunk_encodes"]
+    # A worker is a machine's core of its own: a chunk's encode as the one-core run measured it
+    # (alone on CPU 0). The runs on all cores are the checks: `cores` workers side by side on
+    # one machine share its memory bandwidth and caches, which separate machines do not.
+    encodes = one["stages"]["chunk_encodes"]
     tasks_per_chunk = len(LADDER.split(","))
     # per task: the gap between tasks plus, averaged over all tasks, the sibling tasks' own time
     gap = full["stages"]["task_gap_mean"] + full["stages"]["other_rung_tasks_mean"] * (tasks_per_chunk - 1) / tasks_per_chunk
@@ -204,10 +204,11 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
                      source_mb * scale, s3_mb_s, counts, fetch)
 
     measured_model = at(inp["seconds"], (1, cores, check_workers))
-    # the check: N workers on `cores` cores each run at cores/N of a core
-    slow = [d * check_workers / cores for d in encodes]
-    check_model = model(pre[0] + pre[1] * inp["seconds"], post[0] + post[1] * inp["seconds"], slow, gap, tasks_per_chunk,
-                        0.0, s3_mb_s, (check_workers,))[0]
+    # the check: N workers sharing `cores` cores get through the work as fast as the cores do,
+    # and no faster than the longest chunk alone
+    check_wall = (pre[0] + pre[1] * inp["seconds"] + max(sum(encodes) / cores, max(encodes))
+                  + gap * math.ceil(len(encodes) * tasks_per_chunk / check_workers) + post[0] + post[1] * inp["seconds"])
+    check_model = {"wall": check_wall}
     return {
         "input": inp,
         "cores": cores,
