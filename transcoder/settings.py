@@ -42,8 +42,9 @@ class Settings(BaseSettings):
     batch_chunks: int = Field(4, ge=1)
     # A worker without the source on its disk reads each chunk's bytes from storage
     # (presigned link, HTTP range requests) instead of downloading the whole file first.
-    # Off by default: ffmpeg 5.1 goes on reading a chunk's input to the end of the file
-    # after its last frame, so a chunk reads from its start to the end (docs/performance.md).
+    # Off by default: ffmpeg 5.1 reads on past a chunk's last frame (to the end of the file
+    # when the chunk's first frames are cut), so a chunk would fetch far more than its bytes
+    # (docs/performance.md, "Reading past the chunk").
     range_reads: bool = False
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
