@@ -128,11 +128,9 @@ def transcode_batch(plan: Plan, source: SourceObject, chunks: list[int], probe: 
 
     # A cache record outlives its object if someone deleted it, and an object written over
     # (corrupted, even with its metadata) no longer has the ETag the record holds: redo those.
-    # Records pickled before Segment had an ETag unpickle without the attribute.
     storage = Storage(results)
     stale = [(chunk, rung) for rung in plan.rungs for chunk in order
-             if not storage.holds((seg := by_key[(rung.name, chunk.index)]).key, seg.sha256, seg.size,
-                                  getattr(seg, "etag", None))]
+             if not storage.holds((seg := by_key[(rung.name, chunk.index)]).key, seg.sha256, seg.size, seg.etag)]
     if stale:
         logger.warning("%d cached segments are gone from storage or changed; encoding them again (%s)", len(stale),
                        ", ".join(f"{rung.name}/{chunk.index:05d}" for chunk, rung in stale))

@@ -443,3 +443,18 @@ def test_sprites_of_120_thumbnails(tmp_path, media):
         server.shutdown()
     assert proc.returncode == 0, proc.stderr[-1000:]
     assert sorted(p.name for p in tmp_path.glob("sprite_*.jpg")) == ["sprite_001.jpg", "sprite_002.jpg"]
+
+
+def test_cached_results_from_before_a_new_field_unpickle_with_its_default():
+    """Segments cached before `etag` existed broke every later rerun (AttributeError)."""
+    import pickle
+
+    from transcoder.models import Segment
+
+    seg = Segment(rung="720p", index=3, key="k", frames=25, size=10, sha256="a" * 64, etag='"x"')
+    state = seg.__getstate__()
+    state = {**state, "__dict__": {k: v for k, v in state["__dict__"].items() if k != "etag"}}  # as pickled before
+    old = Segment.__new__(Segment)
+    old.__setstate__(state)
+    assert old.etag is None and old.sha256 == "a" * 64
+    assert pickle.loads(pickle.dumps(seg)).etag == '"x"'

@@ -15,6 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    def __setstate__(self, state: dict) -> None:
+        # Task results are pickled into the cache: a record written before a field with a
+        # default was added unpickles without it (an AttributeError on first use). Defaults fill it.
+        super().__setstate__(state)
+        for name, field in type(self).model_fields.items():
+            if name not in self.__dict__ and not field.is_required():
+                self.__dict__[name] = field.get_default(call_default_factory=True)
+
 
 class SourceObject(Frozen):
     """The original, stored whole at `key`; `video_id` derives from `sha256`."""
