@@ -50,7 +50,7 @@ def remote_input(url: str, rough: bool = False) -> list[str]:
     `rough`: skip the deblocking filter (about 20% less decoding), for pictures that are
     only scored or shrunk to thumbnails, where it makes no visible difference.
     """
-    return (["-skip_loop_filter", "all"] if rough else []) + ["-protocol_whitelist", "http,https,tcp,tls", "-i", url]
+    return (["-skip_loop_filter", "all"] if rough else []) + ["-protocol_whitelist", ffmpeg.REMOTE_PROTOCOLS, "-i", url]
 
 
 def scan_argv(url: str, stats_file: Path) -> list[str]:
