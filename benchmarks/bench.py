@@ -77,8 +77,8 @@ def plot_bd(r: dict, plt) -> Path:
 def plot_scaling(r: dict, plt) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     curves = [(f"model, {length} input", rows, "o-") for length, rows in r["model"].items()]
-    curves += [(f"model, {length}, if each chunk read only its own bytes", rows, "x--")
-               for length, rows in r.get("model_range_reads", {}).items()]
+    curves += [(f"model, {length}, each worker downloading the whole source", rows, "x--")
+               for length, rows in r.get("model_whole_downloads", {}).items()]
     for label, rows, style in curves:
         n = [x["workers"] for x in rows]
         ax1.plot(n, [x["speedup"] for x in rows], style, label=label)

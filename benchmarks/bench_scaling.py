@@ -145,14 +145,21 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(loads)
 
 
+# What all chunks' range reads fetch in all, over the source's size: each chunk reads its own
+# bytes plus what the connections had buffered when ffmpeg stopped (measured on the 60 s
+# 1080p input, 8 s chunks starting on source keyframes: 506 MB for 473 MB; docs/performance.md).
+RANGE_READ_FACTOR = 1.07
+
+
 def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_per_chunk: int, source_mb: float,
           s3_mb_s: float, counts=COUNTS, fetch: str = "ranges") -> list[dict]:
     """Segment uploads are in the chunk encodes' times and the assembly's transfers in `post`
     (both measured against the S3 server); what the single-machine run does not show is the
     workers fetching the source. `fetch="ranges"` (the engine now): each chunk's ffmpeg reads
-    its own byte ranges while it decodes, so the source crosses the S3 server once in all,
-    overlapped with encoding: it costs time only where the server cannot keep up.
-    `fetch="whole"` (before): each worker downloads the whole source before its first chunk."""
+    its own byte ranges while it decodes, so the source crosses the S3 server about once in
+    all (`RANGE_READ_FACTOR`), overlapped with encoding: it costs time only where the server
+    cannot keep up. `fetch="whole"` (`TRANSCODE_RANGE_READS=download`, and what "auto" does
+    for sources with sparse keyframes): each worker downloads the whole source before its first chunk."""
     rows = []
     for n in counts:
         transcode = makespan(encodes, n)
@@ -163,7 +170,7 @@ def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_
         elif fetch == "whole":  # each worker downloads it once; one S3 server serves all
             storage = min(n, len(encodes)) * source_mb / s3_mb_s
         else:
-            storage = max(0.0, source_mb / s3_mb_s - transcode)
+            storage = max(0.0, RANGE_READ_FACTOR * source_mb / s3_mb_s - transcode)
         total = pre + storage + transcode + orchestration + post
         rows.append({"workers": n, "wall": total, "pre": pre, "storage": storage, "transcode": transcode,
                      "orchestration": orchestration, "post": post})
@@ -196,7 +203,7 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
     pre = linear((inp["short_seconds"], shorter["stages"]["pre"]), (inp["seconds"], full["stages"]["pre"]))
     post = linear((inp["short_seconds"], shorter["stages"]["post"]), (inp["seconds"], full["stages"]["post"]))
 
-    def at(seconds: float, counts=COUNTS, fetch: str = "whole") -> list[dict]:
+    def at(seconds: float, counts=COUNTS, fetch: str = "ranges") -> list[dict]:
         scale = seconds / inp["seconds"]  # chunks of the same length, in proportion to the video
         n_chunks = max(1, round(len(encodes) * scale))
         modelled = [encodes[i % len(encodes)] for i in range(n_chunks)]
@@ -223,10 +230,10 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
             f"{check_workers}_workers_on_{cores}_cores": {"measured_flow": check["stages"]["flow_wall"],
                                                                "model": check_model["wall"]},
         },
-        # as the engine runs now: each worker downloads the whole source (TRANSCODE_RANGE_READS off)
+        # as the engine runs by default: workers read their chunks' bytes (TRANSCODE_RANGE_READS=auto)
         "model": {f"{inp['seconds']:g}s": at(inp["seconds"]), f"{model_seconds:g}s": at(model_seconds)},
-        # if each chunk's ffmpeg read only its own bytes (not yet: it reads to the end of the file)
-        "model_range_reads": {f"{model_seconds:g}s": at(model_seconds, fetch="ranges")},
+        # each worker downloading the whole source (RANGE_READS=download, or sparse keyframes)
+        "model_whole_downloads": {f"{model_seconds:g}s": at(model_seconds, fetch="whole")},
     }
 
 
@@ -281,7 +288,8 @@ def report(results: dict, path: Path) -> None:
           f" + {f['post_per_second']:.3f}; chunk encode {f['chunk_encode_mean']:.1f} s; orchestration per task "
           f"{1000 * f['per_task']:.0f} ms; S3 {s3['upload_mb_s']:.0f} MB/s up, {s3['download_mb_s']:.0f} down")
     for length, rows in [*results["model"].items(),
-                         *((f"{k}, if chunks read only their bytes", v) for k, v in results["model_range_reads"].items())]:
+                         *((f"{k}, each worker downloading the whole source", v)
+                           for k, v in results.get("model_whole_downloads", {}).items())]:
         print(f"\nmodel, {length} input: workers, wall s, speedup, efficiency | pre, storage, transcode, "
               f"orchestration, post (s)")
         for r in rows:

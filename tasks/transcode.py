@@ -40,7 +40,7 @@ def transcode_chunk(plan: Plan, source: SourceObject, chunk: Chunk, rung: Rung) 
             return done
         missing = [r for r in plan.rungs if r == rung or stored_segment(storage, plan, r, chunk) is None]
         # the encode, its check and (HEVC/AV1) the comparison each read the source once
-        reader = chunk_source(source, storage, settings, 3 * chunk_timeout(plan, chunk, settings))
+        reader = chunk_source(source, plan, chunk, storage, settings, 3 * chunk_timeout(plan, chunk, settings))
         scratch = scratch_dir(settings, plan.video_id, f"chunk_{chunk.name}")
         for segment in encode_chunk(reader, plan, chunk, missing, storage, settings, scratch):
             if segment.rung == rung.name:

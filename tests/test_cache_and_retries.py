@@ -214,7 +214,8 @@ def test_worker_without_the_source_reads_its_chunk_from_storage(engine, media, m
     """With TRANSCODE_RANGE_READS, a chunk task on a machine without the source (another
     worker in mode "deployments") reads the stored original through a presigned link with
     range requests: the same bytes out as from a local copy, part of the file over the wire
-    (the last chunk: ffmpeg reads from the chunk's keyframe to the end), and no copy left behind."""
+    (the last chunk: ffmpeg reads from the chunk's keyframe to the end), and no copy left behind.
+    With "auto", a chunk that decodes far before its start downloads the source once instead."""
     import socket
     import threading
     import urllib.request
@@ -288,7 +289,7 @@ def test_worker_without_the_source_reads_its_chunk_from_storage(engine, media, m
         return urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.server_port}"))
 
     monkeypatch.setattr(Storage, "presigned_url", through_proxy)
-    monkeypatch.setenv("TRANSCODE_RANGE_READS", "true")
+    monkeypatch.setenv("TRANSCODE_RANGE_READS", "ranges")
     reload_settings()
     try:
         segment = transcode_chunk.fn(plan, source, chunk, rung)
@@ -297,3 +298,13 @@ def test_worker_without_the_source_reads_its_chunk_from_storage(engine, media, m
     assert segment.sha256 == encoded_here  # the same bytes as from the local copy
     assert not local.exists()  # nothing downloaded whole
     assert served and sum(served) < 0.5 * source.size, (served, source.size)  # a 2 s chunk of a 16 s file
+
+    # "auto" (the default): this chunk decodes from a keyframe more than a chunk length before
+    # its first frame, so the worker downloads the source once instead of reading ranges
+    assert chunk.lead > chunk.out_frames / float(plan.fps), chunk.lead
+    storage.delete(key)
+    served.clear()
+    monkeypatch.setenv("TRANSCODE_RANGE_READS", "auto")
+    reload_settings()
+    assert transcode_chunk.fn(plan, source, chunk, rung).sha256 == encoded_here
+    assert not served and local.exists()  # no link read; the whole file, then read locally

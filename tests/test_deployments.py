@@ -170,7 +170,6 @@ def test_deployment_run_fans_out_across_workers(deployed, media, engine, tmp_pat
 def test_pickup_starts_each_object_once(deployed, monkeypatch, media):
     """Five objects under a prefix: the first pickup starts five runs, the second none."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentCreate  # noqa: F401 - the API the client takes
 
     from flows.pickup import pickup_incoming
     from transcoder.settings import reload_settings

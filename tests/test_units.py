@@ -124,6 +124,36 @@ def test_plan_prefers_keyframes_within_reach():
     assert [c.start_frame for c in plan.chunks][:4] == [0, 300, 400, 700]
 
 
+def test_chunks_read_by_range_unless_they_decode_far_before_their_start(monkeypatch):
+    """A worker without the source reads a chunk by range when the frames it decodes before
+    its first (its lead, from the keyframe the seek lands on) are at most one chunk long."""
+    from transcoder.ingest import reads_by_range
+    from transcoder.settings import Settings
+
+    # keyframes at 0, 12 s and 28 s; 8 s chunks on a 4 s GOP
+    plan = make_plan("vid", "sha", probe_of(video()), index(1500, keyframes=[0, 300, 700]), None,
+                     EncoderSettings(), gop_seconds=4, chunk_seconds=8)
+    leads = [(c.start_frame, c.lead) for c in plan.chunks[:5]]
+    assert leads[0] == (0, 0) and leads[1] == (300, 0)  # on keyframes: nothing decoded before
+    assert leads[2][0] == 400 and leads[2][1] == pytest.approx(4.0)  # from keyframe 300
+    auto = Settings(range_reads="auto")
+    assert [reads_by_range(c, plan, auto) for c in plan.chunks[:3]] == [True, True, True]
+    # one keyframe at the start: every chunk but the first would read the file from its start
+    sparse = make_plan("vid", "sha", probe_of(video()), index(1500), None, EncoderSettings(), 4, 8)
+    assert [reads_by_range(c, sparse, auto) for c in sparse.chunks[:3]] == [True, True, False]
+    assert sparse.chunks[2].lead == pytest.approx(sparse.chunks[2].start_frame / 25, abs=0.05)
+    assert all(reads_by_range(c, sparse, Settings(range_reads="ranges")) for c in sparse.chunks)
+    assert not any(reads_by_range(c, plan, Settings(range_reads="download")) for c in plan.chunks)
+    # the old switch still works from the environment
+    for value, meaning in [("true", "ranges"), ("false", "download"), ("auto", "auto")]:
+        monkeypatch.setenv("TRANSCODE_RANGE_READS", value)
+        assert Settings().range_reads == meaning
+    # an unindexed container's margin counts
+    ts = make_plan("vid", "sha", probe_of(video()).model_copy(update={"format_name": "mpegts"}),
+                   index(1500, keyframes=range(0, 1500, 50)), None, EncoderSettings(), 4, 8)
+    assert ts.chunks[1].lead >= 3.0
+
+
 def test_chunk_hashes_change_with_the_source():
     a = make_plan("v", "sha-a", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
     b = make_plan("v", "sha-b", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)

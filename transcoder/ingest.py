@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import keys
 from .errors import BadInputError, DiskFullError, is_disk_full
-from .models import SourceObject
+from .models import Chunk, Plan, SourceObject
 from .settings import Settings
 from .storage import Storage
 
@@ -112,16 +112,26 @@ def ensure_local(source: SourceObject, storage: Storage, settings: Settings) -> 
     return local
 
 
-def chunk_source(source: SourceObject, storage: Storage, settings: Settings, seconds: float) -> Path | str:
+def reads_by_range(chunk: Chunk, plan: Plan, settings: Settings) -> bool:
+    """Whether a worker without the source reads this chunk through a link (`range_reads`)."""
+    if settings.range_reads != "auto":
+        return settings.range_reads == "ranges"
+    length = chunk.out_frames / float(plan.fps)
+    return chunk.lead <= settings.range_read_max_lead * length
+
+
+def chunk_source(source: SourceObject, plan: Plan, chunk: Chunk, storage: Storage, settings: Settings,
+                 seconds: float) -> Path | str:
     """Where a chunk's ffmpeg reads the source: this machine's copy when it has one (the
-    worker that ingested it, mode "local"); else, with `TRANSCODE_RANGE_READS`, the stored
-    original through a presigned link (HTTP range requests: the header, then from the
-    chunk's keyframe on), or by default a whole download, once per worker.
+    worker that ingested it, mode "local", or one that downloaded it earlier); else the
+    stored original through a presigned link (HTTP range requests: the header, then from
+    the chunk's keyframe to its end), or a whole download, once per worker, when the chunk
+    would read much more than its own bytes (`reads_by_range`).
     `seconds`: how long the link must last (the ffmpeg's timeout)."""
     local = local_source_path(settings, source.video_id, source.ext)
     if local.exists() and local.stat().st_size == source.size:
         return local
-    if not settings.range_reads:
+    if not reads_by_range(chunk, plan, settings):
         return ensure_local(source, storage, settings)
     return storage.presigned_url(source.key, expires=int(max(3600, 2 * seconds)))
 

@@ -125,6 +125,10 @@ class Chunk(Frozen):
     out_start: int
     out_frames: int
     sha256: str
+    # Seconds of source decoded before the chunk's first frame: from the keyframe the seek
+    # lands on (for demuxers without an index, from where its margin puts it). What a chunk
+    # reads is its own bytes plus this much (ingest.chunk_source).
+    lead: float = 0.0
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ decoding; an x264-style source puts them on scene cuts.
 
 from __future__ import annotations
 
+import bisect
 from fractions import Fraction
 
 from .ladder import build_ladder
@@ -36,6 +37,7 @@ def make_plan(
     t0 = index.seconds(0)
     frame_dur = 1 / rate  # the last frame lasts one frame of the output rate
     margin = _seek_margin(index, probe.format_name)
+    key_times = [index.seconds(k) for k in sorted(index.keyframes)]
 
     def grid(frame: int) -> int:
         if not vfr:
@@ -56,6 +58,7 @@ def make_plan(
                 end_time=float(_cut(index, b, rate)) if b < n else None,
                 out_start=out_start,
                 out_frames=out_end - out_start,
+                lead=float(_lead(index, key_times, a, rate, margin)),
                 sha256=stable_hash({"source": source_sha256, "frames": [a, b], "out": [out_start, out_end]}),
             )
         )
@@ -122,6 +125,17 @@ def _cut(index: FrameIndex, frame: int, rate: Fraction) -> Fraction:
     """
     gap = index.seconds(frame) - index.seconds(frame - 1)
     return index.seconds(frame) - min(gap / 2, 1 / (4 * rate))
+
+
+def _lead(index: FrameIndex, key_times: list[Fraction], frame: int, rate: Fraction, margin: Fraction) -> Fraction:
+    """Seconds from the keyframe where decoding of a chunk starting at `frame` begins, to
+    the frame (where `_seek` makes the demuxer land, plus the margin of demuxers without
+    an index). `key_times`: the keyframes' times, sorted."""
+    if frame == 0 or (frame in index.keyframes and not margin):
+        return Fraction(0)
+    at = bisect.bisect_right(key_times, _cut(index, frame, rate) - margin)
+    start = key_times[at - 1] if at else index.seconds(0)
+    return max(Fraction(0), index.seconds(frame) - start)
 
 
 def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float, margin: Fraction) -> float | None:

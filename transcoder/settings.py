@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +41,16 @@ class Settings(BaseSettings):
     # Fan-out across workers (mode "deployments"): chunks per transcode batch (one flow
     # run on one worker, every rung of each chunk; a run costs a process/container start).
     batch_chunks: int = Field(4, ge=1)
-    # A worker without the source on its disk reads each chunk's bytes from storage
-    # (presigned link, HTTP range requests) instead of downloading the whole file first.
-    # Off by default: ffmpeg 5.1 reads on past a chunk's last frame (to the end of the file
-    # when the chunk's first frames are cut), so a chunk would fetch far more than its bytes
-    # (docs/performance.md, "Reading past the chunk").
-    range_reads: bool = False
+    # How a worker without the source on its disk reads a chunk: "ranges", its bytes from
+    # storage through a presigned link (HTTP range requests; what a chunk's ffmpeg reads is
+    # its own bytes plus those from the keyframe it decodes from, about 7% over the file in
+    # all, measured); "download", the whole file once per worker; "auto" (default), ranges
+    # unless the chunk decodes more than its own length before its first frame (a source
+    # with sparse keyframes, where each chunk would read much of the file again).
+    # `true`/`false` are read as ranges/download.
+    range_reads: Literal["auto", "ranges", "download"] = "auto"
+    # the longest lead (seconds decoded before a chunk's first frame), in chunk lengths, that "auto" reads by range
+    range_read_max_lead: float = Field(1.0, ge=0)
 
     # Encoder defaults (see README: why veryfast / CRF 23 / capped VBV).
     codec: str = "h264"  # h264 | hevc | av1, for rungs that name none (`720p:av1` does)
@@ -80,6 +85,14 @@ class Settings(BaseSettings):
     # server: `TRANSCODE_URL_ALLOWED_NETWORKS='["10.20.0.0/16"]'`. Narrower than the switch above.
     url_allowed_networks: list[str] = Field(default_factory=list)
     url_socket_timeout: float = 20.0
+
+    @field_validator("range_reads", mode="before")
+    @classmethod
+    def _range_reads_switch(cls, value):
+        switch = {"true": "ranges", "1": "ranges", "yes": "ranges", "on": "ranges",
+                  "false": "download", "0": "download", "no": "download", "off": "download"}
+        return switch.get(str(value).strip().lower(), value) if not isinstance(value, bool) else (
+            "ranges" if value else "download")
 
     @property
     def results_block(self) -> str:
