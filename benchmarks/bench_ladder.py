@@ -257,10 +257,18 @@ def print_table(r: dict) -> None:
           f"rerun <= {t['rerun_ratio']:.0%} of cold ({r['rerun_ratio']:.3f}), BD-rate <= +{t['bd_rate_pct']}% per rung")
 
 
+CONTENDERS = ("single", "single-1t", "sequential", "naive")
+
+
 def main() -> None:
     parser = input_args(__doc__.splitlines()[0])
     parser.add_argument("--crfs", default="19,23,27", help="CRFs for the BD-rate ('' for none)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="the engine and which of these (a subset writes results-ladder-<names>.json)")
     args = parser.parse_args()
+    chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if set(chosen) - set(CONTENDERS) or "single" not in chosen:
+        parser.error(f"--contenders: 'single' and any of {', '.join(CONTENDERS)}, comma-separated")
     out = out_dir(args) / "ladder"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -278,12 +286,12 @@ def main() -> None:
 
     rows = {}
     engine_outputs = {r["name"]: Path(r["path"]) for r in result["renditions"]}
-    for name, run in (
+    for name, run in [c for c in (
         ("single", lambda d: measure_call(lambda: run_checked(single_argv(source, fastest(plan), d)[0]), pids)),
         ("single-1t", lambda d: measure_call(lambda: run_checked(single_argv(source, plan, d)[0]), pids)),
         ("sequential", lambda d: measure_call(lambda: run_sequential(source, fastest(plan), d) and "", pids)),
         ("naive", lambda d: measure_call(lambda: run_naive(source, plan, d, cores) and "", pids)),
-    ):
+    ) if c[0] in chosen]:
         print(f"{name} ...", file=sys.stderr)
         d = out / name
         d.mkdir()
@@ -312,9 +320,10 @@ def main() -> None:
     if len(crfs) >= 2:
         results["bd_rate"] = bd_rates(base, out, pids, plan, crfs, (23, result))
     results["benchmark_seconds"] = time.perf_counter() - started
-    (out.parent / "results-ladder.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "results-ladder.json" if set(chosen) == set(CONTENDERS) else f"results-ladder-{'-'.join(chosen)}.json"
+    (out.parent / name).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(f"\nresults: {out.parent / 'results-ladder.json'} (benchmark took {results['benchmark_seconds']:.0f} s)")
+    print(f"\nresults: {out.parent / name} (benchmark took {results['benchmark_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

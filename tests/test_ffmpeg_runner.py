@@ -36,3 +36,23 @@ def _cmd(pid: str) -> bytes:
             return f.read()
     except OSError:
         return b""
+
+
+def test_segment_checks_count_what_was_written_and_refuse_a_cut_file(tmp_path):
+    """The packet check (default for H.264 segments x264 measured) and the decode check
+    both count a whole segment's 50 frames; a segment cut short does not pass as whole."""
+    from transcoder.errors import VerificationError
+    from transcoder.verify import decoded_frames, packet_frames
+
+    seg = tmp_path / "seg.ts"
+    ffmpeg.run([ffmpeg.FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-frames:v", "50",
+                "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-f", "mpegts", ffmpeg.file_url(seg)], 60, "seg")
+    assert packet_frames(seg, 30) == 50 == decoded_frames(seg, 30)
+    cut = tmp_path / "cut.ts"
+    data = seg.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10 // 188 * 188 + 100])  # mid-packet, as a crash leaves it
+    for check in (packet_frames, decoded_frames):
+        try:
+            assert check(cut, 30) < 50, check.__name__
+        except VerificationError:
+            pass  # or it says the file does not read cleanly

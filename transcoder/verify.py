@@ -29,6 +29,20 @@ def decoded_frames(path: Path, timeout: float) -> int:
     return int(streams[0].get("nb_read_frames") or 0)
 
 
+def packet_frames(path: Path, timeout: float) -> int:
+    """Read every video packet of a file this project wrote (no decoding); return how many.
+
+    Any demuxing error (a truncated or garbled file) fails the check.
+    """
+    argv = [ffmpeg.FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets",
+            "-show_entries", "stream=nb_read_packets", "-of", "json", *ffmpeg.trusted_input(path)]
+    proc = ffmpeg.run(argv, timeout, "packet check")
+    if proc.stderr.strip():
+        raise VerificationError(f"{path.name} does not read cleanly: {proc.stderr.strip().splitlines()[0]}")
+    streams = json.loads(proc.stdout or "{}").get("streams") or [{}]
+    return int(streams[0].get("nb_read_packets") or 0)
+
+
 @dataclass(frozen=True)
 class Checked:
     frames: int
