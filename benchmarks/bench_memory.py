@@ -41,16 +41,26 @@ def command_of(pid: int) -> str:
         return ""
 
 
+def cmdline_of(pid: int) -> str:
+    try:
+        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"))[:600]
+    except OSError:
+        return ""
+
+
 def run_sampled(source: Path) -> dict:
     proc = subprocess.Popen([TRANSCODE, "run", str(source), "--json", "--renditions", LADDER, "--no-reuse"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = tree = ffmpeg = 0
+    largest = ""  # the command line of the largest ffmpeg: which step it is
     started = time.perf_counter()
     while proc.poll() is None:
         worker = max(worker, vm_hwm(proc.pid))
         table = proc_table()
         tree = max(tree, tree_usage(table, [proc.pid])[0])
-        ffmpeg = max([ffmpeg] + [rss for pid, (_, rss, _) in table.items() if command_of(pid) == "ffmpeg"])
+        for pid, (ppid, rss, _) in table.items():
+            if ppid == proc.pid and rss > ffmpeg and command_of(pid) == "ffmpeg":
+                ffmpeg, largest = rss, cmdline_of(pid)
         time.sleep(0.2)
     wall = time.perf_counter() - started
     stdout, stderr = proc.communicate()
@@ -58,7 +68,7 @@ def run_sampled(source: Path) -> dict:
         sys.exit(f"engine failed: {stderr[-2000:]}")
     result = json.loads(stdout)
     return {"wall": wall, "chunks": result["chunks"], "duration": result["duration"], "worker_peak_rss": worker,
-            "largest_ffmpeg_rss": ffmpeg, "all_processes_peak_rss": tree}
+            "largest_ffmpeg_rss": ffmpeg, "largest_ffmpeg_command": largest, "all_processes_peak_rss": tree}
 
 
 def main() -> None:
@@ -86,6 +96,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['seconds']:>7g}s {r['chunks']:>6} {r['wall']:>7.1f} {r['worker_peak_rss'] / 2**20:>11.0f} "
               f"{r['largest_ffmpeg_rss'] / 2**20:>15.0f} {r['all_processes_peak_rss'] / 2**20:>12.0f}")
+    for r in rows:
+        print(f"largest ffmpeg at {r['seconds']:g} s: {r['largest_ffmpeg_command'][:300]}")
     print(f"\nworker {results['worker_growth']:.2f}x, largest ffmpeg {results['ffmpeg_growth']:.2f}x from "
           f"{args.short:g} s to {args.long:g} s; results: {out.parent / 'results-memory.json'}")
 

@@ -38,7 +38,8 @@ def make_thumbnails(plan: Plan, small: Rendition, top: Rendition) -> Thumbnails:
         small_url = storage.presigned_url(small.key)
         stats_file = scratch / "scan.txt"
         ffmpeg.run(thumbnails.scan_argv(small_url, stats_file), timeout, "scan for thumbnails")
-        frames = thumbnails.parse_scan(stats_file.read_text())
+        with stats_file.open() as lines:
+            frames = thumbnails.parse_scan(lines)
         picks = thumbnails.pick_thumbnails(frames, fps, plan.duration)
         poster = thumbnails.pick_poster(frames, fps, plan.duration)
         size = thumbnails.thumb_size(small.width, small.height)

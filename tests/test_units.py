@@ -427,7 +427,7 @@ def test_bd_rate_and_the_scaling_model():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_ladder import bd_rate
-    from bench_scaling import makespan, model
+    from bench_scaling import RANGE_READ_FACTOR, makespan, model
 
     ref = [(1000.0, 34.0), (1600.0, 36.5), (2600.0, 39.0)]
     assert abs(bd_rate(ref, ref)) < 1e-9
@@ -444,7 +444,8 @@ def test_bd_rate_and_the_scaling_model():
     ranged = model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4, source_mb=100, s3_mb_s=100,
                    counts=(8,)) + model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4,
                                         source_mb=100, s3_mb_s=5, counts=(8,))
-    assert ranged[0]["storage"] == 0 and ranged[1]["storage"] == 10  # 20 s to read at 5 MB/s, 10 of them hidden
+    # 20 s to read at 5 MB/s, 1.07x for what the connections buffer, 10 s of it hidden by the encodes
+    assert ranged[0]["storage"] == 0 and ranged[1]["storage"] == pytest.approx(20 * RANGE_READ_FACTOR - 10)
 
 
 def test_sprites_of_120_thumbnails(tmp_path, media):

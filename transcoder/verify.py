@@ -19,14 +19,7 @@ def decoded_frames(path: Path, timeout: float) -> int:
     Any decoder error fails the check. The deblocking filter is skipped: it only smooths
     pixels and cannot fail, and skipping it makes this check about 20% cheaper.
     """
-    argv = [ffmpeg.FFPROBE, "-v", "error", "-skip_loop_filter", "all",
-            "-select_streams", "v:0", "-count_frames",
-            "-show_entries", "stream=nb_read_frames", "-of", "json", *ffmpeg.trusted_input(path)]
-    proc = ffmpeg.run(argv, timeout, "decode check")
-    if proc.stderr.strip():
-        raise VerificationError(f"{path.name} does not decode cleanly: {proc.stderr.strip().splitlines()[0]}")
-    streams = json.loads(proc.stdout or "{}").get("streams") or [{}]
-    return int(streams[0].get("nb_read_frames") or 0)
+    return _count(path, timeout, decode=True)
 
 
 def packet_frames(path: Path, timeout: float) -> int:
@@ -34,13 +27,19 @@ def packet_frames(path: Path, timeout: float) -> int:
 
     Any demuxing error (a truncated or garbled file) fails the check.
     """
-    argv = [ffmpeg.FFPROBE, "-v", "error", "-select_streams", "v:0", "-count_packets",
-            "-show_entries", "stream=nb_read_packets", "-of", "json", *ffmpeg.trusted_input(path)]
-    proc = ffmpeg.run(argv, timeout, "packet check")
+    return _count(path, timeout, decode=False)
+
+
+def _count(path: Path, timeout: float, decode: bool) -> int:
+    how = (["-skip_loop_filter", "all", "-count_frames"], "nb_read_frames", "decode") if decode else (
+        ["-count_packets"], "nb_read_packets", "read")
+    argv = [ffmpeg.FFPROBE, "-v", "error", *how[0], "-select_streams", "v:0",
+            "-show_entries", f"stream={how[1]}", "-of", "json", *ffmpeg.trusted_input(path)]
+    proc = ffmpeg.run(argv, timeout, f"{how[2]} check")
     if proc.stderr.strip():
-        raise VerificationError(f"{path.name} does not read cleanly: {proc.stderr.strip().splitlines()[0]}")
+        raise VerificationError(f"{path.name} does not {how[2]} cleanly: {proc.stderr.strip().splitlines()[0]}")
     streams = json.loads(proc.stdout or "{}").get("streams") or [{}]
-    return int(streams[0].get("nb_read_packets") or 0)
+    return int(streams[0].get(how[1]) or 0)
 
 
 @dataclass(frozen=True)
