@@ -31,15 +31,17 @@ def packet_frames(path: Path, timeout: float) -> int:
 
 
 def _count(path: Path, timeout: float, decode: bool) -> int:
-    how = (["-skip_loop_filter", "all", "-count_frames"], "nb_read_frames", "decode") if decode else (
-        ["-count_packets"], "nb_read_packets", "read")
-    argv = [ffmpeg.FFPROBE, "-v", "error", *how[0], "-select_streams", "v:0",
-            "-show_entries", f"stream={how[1]}", "-of", "json", *ffmpeg.trusted_input(path)]
-    proc = ffmpeg.run(argv, timeout, f"{how[2]} check")
+    if decode:
+        options, field, verb = ["-skip_loop_filter", "all", "-count_frames"], "nb_read_frames", "decode"
+    else:
+        options, field, verb = ["-count_packets"], "nb_read_packets", "read"
+    argv = [ffmpeg.FFPROBE, "-v", "error", *options, "-select_streams", "v:0",
+            "-show_entries", f"stream={field}", "-of", "json", *ffmpeg.trusted_input(path)]
+    proc = ffmpeg.run(argv, timeout, f"{verb} check")
     if proc.stderr.strip():
-        raise VerificationError(f"{path.name} does not {how[2]} cleanly: {proc.stderr.strip().splitlines()[0]}")
+        raise VerificationError(f"{path.name} does not {verb} cleanly: {proc.stderr.strip().splitlines()[0]}")
     streams = json.loads(proc.stdout or "{}").get("streams") or [{}]
-    return int(streams[0].get(how[1]) or 0)
+    return int(streams[0].get(field) or 0)
 
 
 @dataclass(frozen=True)
