@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import DiskFullError, is_disk_full
@@ -25,8 +26,28 @@ def scratch_dir(settings: Settings, video_id: str, name: str) -> Path:
         raise
 
 
-def remove_scratch(settings: Settings, video_id: str) -> None:
-    shutil.rmtree(settings.work_dir / video_id, ignore_errors=True)
+def remove_scratch(settings: Settings, video_id: str, keep_recent: float = 3600.0) -> None:
+    """This machine's files of a video, except task folders touched in the last `keep_recent`
+    seconds: another run of the same video (a second worker process, a retry beside a
+    straggler) may still be working in one (its thumbnails folder vanished mid-task, seen in
+    test_chaos). Every task removes its own folder when it ends; this catches what crashes left."""
+    root = settings.work_dir / video_id
+    scratch = root / "scratch"
+    now = time.time()
+    for entry in list(root.iterdir()) if root.is_dir() else []:
+        if entry == scratch:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    for entry in list(scratch.iterdir()) if scratch.is_dir() else []:
+        try:
+            stale = now - entry.stat().st_mtime > keep_recent
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def out_of_space(path: Path, margin: int = 1 << 20) -> bool:
