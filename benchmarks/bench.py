@@ -1,9 +1,11 @@
 """`make bench`: every benchmark of issue 8 in one go, then benchmarks/results.json and the plots.
 
-    .venv/bin/python benchmarks/bench.py [--only ladder,scaling,chunks,memory,orchestration] [--collect]
+    .venv/bin/python benchmarks/bench.py [--only ladder,ladder-soft,scaling,chunks,memory,orchestration] [--collect]
 
 Each part is its own script (run alone for one figure) writing OUT/results-<part>.json:
   ladder         bench_ladder.py         engine vs one ffmpeg, sequential ffmpegs, a naive chunker; BD-rate
+  ladder-soft    bench_ladder.py --contenders single --pattern soft
+                                         the BD-rate again on an input whose top rung is under its VBV cap
   scaling        bench_scaling.py        1 worker vs all cores, a CPU-limited many-worker check, the model
   chunks         bench_chunks.py         chunk length 2-32 s: wall against size and PSNR
   memory         bench_memory.py         worker peak RSS, 10 s vs 10 min
@@ -24,8 +26,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PARTS = {"ladder": "bench_ladder.py", "scaling": "bench_scaling.py", "chunks": "bench_chunks.py",
-         "memory": "bench_memory.py", "orchestration": "bench_orchestration.py"}
+PARTS = {"ladder": ["bench_ladder.py"],
+         "ladder-soft": ["bench_ladder.py", "--contenders", "single", "--pattern", "soft"],
+         "scaling": ["bench_scaling.py"], "chunks": ["bench_chunks.py"], "memory": ["bench_memory.py"],
+         "orchestration": ["bench_orchestration.py"]}
+FILES = {"ladder-soft": "results-ladder-single-soft.json"}  # the others: results-<part>.json
 # where each part's published figures live when OUT has none (the runs behind docs/performance.md)
 PUBLISHED = {"chunks": "results-chunks-60s.json"}
 IMG = REPO / "docs" / "img"
@@ -33,7 +38,8 @@ RESULTS = HERE / "results.json"
 
 
 def load(part: str, out: Path) -> dict | None:
-    for path in (out / f"results-{part}.json", HERE / f"results-{part}.json", HERE / PUBLISHED.get(part, "-")):
+    name = FILES.get(part, f"results-{part}.json")
+    for path in (out / name, HERE / name, HERE / PUBLISHED.get(part, "-")):
         if path.is_file():
             return json.loads(path.read_text())
     return None
@@ -58,7 +64,7 @@ def plot_ladder(r: dict, plt) -> Path:
     return save(fig, "bench-ladder.png", plt)
 
 
-def plot_bd(r: dict, plt) -> Path:
+def plot_bd(r: dict, plt, name: str = "bench-bdrate.png") -> Path:
     rows = r["bd_rate"]["rungs"]
     fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.6), squeeze=False)
     for ax, row in zip(axes[0], rows):
@@ -69,9 +75,11 @@ def plot_bd(r: dict, plt) -> Path:
         ax.set_xlabel("kb/s", fontsize=8)
         ax.set_ylabel("PSNR dB", fontsize=8)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Rate-quality, CRF {', '.join(map(str, r['bd_rate']['crfs']))}: engine vs one ffmpeg", fontsize=10)
+    pattern = r["input"].get("pattern", "standard")
+    fig.suptitle(f"Rate-quality, CRF {', '.join(map(str, r['bd_rate']['crfs']))}: engine vs one ffmpeg "
+                 f"({pattern} input)", fontsize=10)
     fig.tight_layout()
-    return save(fig, "bench-bdrate.png", plt)
+    return save(fig, name, plt)
 
 
 def plot_scaling(r: dict, plt) -> Path:
@@ -141,13 +149,15 @@ def collect(out: Path) -> dict:
     for part in PARTS:
         data = load(part, out)
         if data is None:
-            print(f"{part}: no results yet (run benchmarks/{PARTS[part]})", file=sys.stderr)
+            print(f"{part}: no results yet (run benchmarks/{' '.join(PARTS[part])})", file=sys.stderr)
             continue
         results["parts"][part] = data
         if part == "ladder":
             plots.append(plot_ladder(data, plt))
             if "bd_rate" in data:
                 plots.append(plot_bd(data, plt))
+        elif part == "ladder-soft" and "bd_rate" in data:
+            plots.append(plot_bd(data, plt, "bench-bdrate-soft.png"))
         elif part == "scaling":
             plots.append(plot_scaling(data, plt))
         elif part == "chunks":
@@ -170,8 +180,9 @@ def main() -> None:
     RESULTS, IMG = args.results.resolve(), args.img.resolve()
     if not args.collect:
         for part in args.only.split(","):
-            print(f"\n=== {part} ({PARTS[part]})", flush=True)
-            subprocess.run([sys.executable, str(HERE / PARTS[part]), "--out", str(args.out)], check=True, cwd=REPO)
+            script, *options = PARTS[part]
+            print(f"\n=== {part} ({' '.join(PARTS[part])})", flush=True)
+            subprocess.run([sys.executable, str(HERE / script), *options, "--out", str(args.out)], check=True, cwd=REPO)
     collect(args.out.resolve())
 
 

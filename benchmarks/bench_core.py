@@ -159,12 +159,14 @@ def measure(argv: list[str], server_pids: list[int]) -> Measured:
 # ---------------------------------------------------------------- inputs and stack
 
 
-def make_input(out: Path, seconds: float, height: int) -> Path:
+def make_input(out: Path, seconds: float, height: int, pattern: str = "standard") -> Path:
+    """`pattern`: "standard" (graphics, bars under heavy temporal noise, a fractal zoom) or
+    "soft" (smooth motion, no grain: the top rung stays under its VBV cap; samples.py)."""
     width = 2 * round(height * 16 / 9 / 2)
     # A keyframe every 2 s, as cameras and mezzanine files usually have; a long-GOP
     # source costs the engine up to one source GOP of extra decoding per chunk.
-    return make_sample("standard", out / f"source-{seconds:g}s-{height}p-gop50.mp4",
-                       seconds=seconds, width=width, height=height, fps="25", gop=50)
+    name = f"source-{seconds:g}s-{height}p-gop50{'' if pattern == 'standard' else '-' + pattern}.mp4"
+    return make_sample(pattern, out / name, seconds=seconds, width=width, height=height, fps="25", gop=50)
 
 
 def unique_copy(source: Path, out: Path) -> Path:

@@ -265,6 +265,9 @@ def main() -> None:
     parser.add_argument("--crfs", default="19,23,27", help="CRFs for the BD-rate ('' for none)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="the engine and which of these (a subset writes results-ladder-<names>.json)")
+    parser.add_argument("--pattern", choices=("standard", "soft"), default="standard",
+                        help="the input's pictures: 'soft' keeps the top rung under its VBV cap, for the BD-rate "
+                             "(writes results-ladder-<names>-soft.json)")
     args = parser.parse_args()
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     if set(chosen) - set(CONTENDERS) or "single" not in chosen:
@@ -273,7 +276,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     started = time.perf_counter()
-    base = make_input(out.parent, args.seconds, args.height)
+    base = make_input(out.parent, args.seconds, args.height, args.pattern)
     pids = stack_pids()
     cores = os.cpu_count() or 1
 
@@ -305,7 +308,8 @@ def main() -> None:
                                      == [x["sha256"] for x in result["renditions"]])
 
     results = {
-        "input": {"seconds": args.seconds, "height": args.height, "frames": frame_count(source), "ladder": LADDER},
+        "input": {"seconds": args.seconds, "height": args.height, "frames": frame_count(source), "ladder": LADDER,
+                  "pattern": args.pattern},
         "cores": cores,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "targets": TARGETS,
@@ -320,7 +324,8 @@ def main() -> None:
     if len(crfs) >= 2:
         results["bd_rate"] = bd_rates(base, out, pids, plan, crfs, (23, result))
     results["benchmark_seconds"] = time.perf_counter() - started
-    name = "results-ladder.json" if set(chosen) == set(CONTENDERS) else f"results-ladder-{'-'.join(chosen)}.json"
+    name = "-".join(["results-ladder"] + ([] if set(chosen) == set(CONTENDERS) else chosen)
+                    + ([] if args.pattern == "standard" else [args.pattern])) + ".json"
     (out.parent / name).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nresults: {out.parent / name} (benchmark took {results['benchmark_seconds']:.0f} s)")

@@ -13,6 +13,12 @@ from . import ffmpeg
 AUDIO = "sine=frequency=440:sample_rate=48000:duration={d},volume=0.3"
 
 
+def _one_after_another(srcs: list[str]) -> str:
+    labels = "".join(f"[v{i}]" for i in range(len(srcs)))
+    return (";".join(f"{s},format=yuv420p,setsar=1[v{i}]" for i, s in enumerate(srcs))
+            + f";{labels}concat=n={len(srcs)}:v=1:a=0[v]")
+
+
 def scenes(width: int, height: int, fps: str, seconds: float) -> str:
     """Three patterns one after the other: two hard scene cuts, with moving detail."""
     part = seconds / 3
@@ -21,8 +27,21 @@ def scenes(width: int, height: int, fps: str, seconds: float) -> str:
         f"smptehdbars=size={width}x{height}:rate={fps}:duration={part:.3f},noise=alls=12:allf=t",
         f"mandelbrot=size={width}x{height}:rate={fps},trim=duration={seconds - 2 * part:.3f}",
     ]
-    labels = "".join(f"[v{i}]" for i in range(3))
-    return ";".join(f"{s},format=yuv420p,setsar=1[v{i}]" for i, s in enumerate(srcs)) + f";{labels}concat=n=3:v=1:a=0[v]"
+    return _one_after_another(srcs)
+
+
+def soft_scenes(width: int, height: int, fps: str, seconds: float) -> str:
+    """Three patterns with smooth motion and no grain: graphics, drifting gradients, a
+    softened fractal zoom. At 1080p, x264 veryfast needs about 4.2 / 2.6 / 1.5 Mb/s at CRF
+    19 / 23 / 27 for it, under the top rung's 6 Mb/s VBV cap, where `scenes` (temporal noise)
+    sits on the cap: a rate-quality curve that the cap does not flatten."""
+    part = seconds / 3
+    srcs = [
+        f"testsrc2=size={width}x{height}:rate={fps}:duration={part:.3f}",
+        f"gradients=size={width}x{height}:rate={fps}:speed=0.02:n=6:duration={part:.3f}",
+        f"mandelbrot=size={width}x{height}:rate={fps},trim=duration={seconds - 2 * part:.3f},gblur=sigma=1.5",
+    ]
+    return _one_after_another(srcs)
 
 
 def recipe(kind: str, out: Path, seconds: float = 4.0, width: int = 320, height: int = 240,
@@ -30,11 +49,11 @@ def recipe(kind: str, out: Path, seconds: float = 4.0, width: int = 320, height:
     """argv for one kind of sample; `gop` fixes the keyframe interval (default: x264's)."""
     d = f"{seconds:.3f}"
     base = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y"]
-    graph = scenes(width, height, fps, seconds)
+    graph = (soft_scenes if kind == "soft" else scenes)(width, height, fps, seconds)
     with_audio = ["-f", "lavfi", "-i", AUDIO.format(d=d)]
     x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "20"] + (["-g", str(gop)] if gop else [])
     aac = ["-c:a", "aac", "-b:a", "96k"]
-    if kind == "standard":  # scene cuts, audio, x264 default GOP (keyframes at cuts)
+    if kind in ("standard", "soft"):  # scene cuts, audio, x264 default GOP (keyframes at cuts)
         return base + ["-filter_complex", graph, *with_audio, "-map", "[v]", "-map", "0:a",
                        *x264, "-pix_fmt", "yuv420p", *aac, "-shortest", str(out)]
     if kind == "open_gop":  # open GOPs and B-frames: stream-copy cuts drop frames here
