@@ -24,14 +24,16 @@ from bench_core import TRANSCODE, make_input, out_dir, proc_table, stack_pids, t
 LADDER = "360p,240p"
 
 
-def vm_hwm(pid: int) -> int:
+def vm_status(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) of a process, bytes: its peak so far and what it holds now."""
+    found = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                found[line[:5]] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return found.get("VmHWM", 0), found.get("VmRSS", 0)
 
 
 def command_of(pid: int) -> str:
@@ -53,9 +55,16 @@ def run_sampled(source: Path) -> dict:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     worker = tree = ffmpeg = 0
     largest = ""  # the command line of the largest ffmpeg: which step it is
+    timeline: list[tuple[float, float]] = []  # (seconds, worker RSS MiB) every 2 s: when it grows
+    peak_at = 0.0
     started = time.perf_counter()
     while proc.poll() is None:
-        worker = max(worker, vm_hwm(proc.pid))
+        hwm, rss = vm_status(proc.pid)
+        now = time.perf_counter() - started
+        if hwm > worker:
+            worker, peak_at = hwm, now
+        if not timeline or now - timeline[-1][0] >= 2:
+            timeline.append((round(now, 1), round(rss / 2**20, 1)))
         table = proc_table()
         tree = max(tree, tree_usage(table, [proc.pid])[0])
         for pid, (ppid, rss, _) in table.items():
@@ -68,7 +77,8 @@ def run_sampled(source: Path) -> dict:
         sys.exit(f"engine failed: {stderr[-2000:]}")
     result = json.loads(stdout)
     return {"wall": wall, "chunks": result["chunks"], "duration": result["duration"], "worker_peak_rss": worker,
-            "largest_ffmpeg_rss": ffmpeg, "largest_ffmpeg_command": largest, "all_processes_peak_rss": tree}
+            "largest_ffmpeg_rss": ffmpeg, "largest_ffmpeg_command": largest, "all_processes_peak_rss": tree,
+            "worker_peak_at": round(peak_at, 1), "worker_rss_timeline": timeline}
 
 
 def main() -> None:
@@ -98,6 +108,7 @@ def main() -> None:
               f"{r['largest_ffmpeg_rss'] / 2**20:>15.0f} {r['all_processes_peak_rss'] / 2**20:>12.0f}")
     for r in rows:
         print(f"largest ffmpeg at {r['seconds']:g} s: {r['largest_ffmpeg_command'][:300]}")
+        print(f"worker's peak at {r['seconds']:g} s: {r['worker_peak_at']:.0f} s into the {r['wall']:.0f} s run")
     print(f"\nworker {results['worker_growth']:.2f}x, largest ffmpeg {results['ffmpeg_growth']:.2f}x from "
           f"{args.short:g} s to {args.long:g} s; results: {out.parent / 'results-memory.json'}")
 

@@ -28,7 +28,7 @@ from tasks.hls import package_audio, write_master
 from tasks.ingest import ingest_source, store_source_object
 from tasks.plan import plan_transcode
 from tasks.player import publish_player
-from tasks.probe import probe_source
+from tasks.probe import probe_source, read_source
 from tasks.report import cleanup, publish_report
 from tasks.thumbnails import make_thumbnails
 from tasks.transcode import transcode_chunk
@@ -49,9 +49,13 @@ def progress(logger, stage: str, done: int, total: int) -> None:
 @flow(name="download-source", validate_parameters=True)
 def download_source(origin: str) -> SourceObject:
     """Fetch and hash the source, and keep the original at `{video_id}/source/`: every
-    later stage, on any machine, reads it from there."""
+    later stage, on any machine, reads it from there. While it uploads, the probe and the
+    packet index are read from this machine's copy and kept (transcoder/facts.py)."""
     src = ingest_source(origin)
-    store_source_object(src)
+    stored = store_source_object.submit(src)
+    read = read_source.submit(src)
+    read.result()  # a source that is not a usable video is refused now, its upload or not
+    stored.result()
     return src
 
 

@@ -4,10 +4,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from transcoder import keys
-from transcoder.ingest import ensure_local
+from transcoder.facts import source_facts
 from transcoder.models import EncoderSettings, Plan, Probe, SourceObject
 from transcoder.plan import make_plan
-from transcoder.probe import frame_index
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 
@@ -26,7 +25,7 @@ def plan_transcode(
     """Chunk boundaries from the packet index, the ladder; written to the manifest."""
     settings = get_settings()
     storage = Storage()
-    index = frame_index(ensure_local(source, storage, settings), settings)
+    index = source_facts(source, storage, settings).index
     plan = make_plan(source.video_id, source.sha256, probe, index, rungs, encoder, gop_seconds, chunk_seconds)
     storage.put_json(keys.manifest(source.video_id), {
         "source": source.model_dump(),

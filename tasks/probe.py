@@ -3,17 +3,23 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from transcoder.ingest import ensure_local
+from transcoder.facts import keep_facts, read_facts, source_facts
 from transcoder.models import Probe, SourceObject
-from transcoder.probe import probe
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 
 from .common import retry_transient
 
 
+@task(name="read-source", retries=1, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def read_source(source: SourceObject) -> None:
+    """Probe and index the source on the machine that ingested it (beside its upload), and
+    keep both for the metadata and split stages: they need not download it again."""
+    settings, storage = get_settings(), Storage()
+    keep_facts(source, read_facts(source, storage, settings), storage, settings)
+
+
 @task(name="probe", retries=1, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def probe_source(source: SourceObject) -> Probe:
     """ffprobe → typed metadata; a non-video or an undecodable file is refused here."""
-    settings = get_settings()
-    return probe(ensure_local(source, Storage(), settings), settings)
+    return source_facts(source, Storage(), get_settings()).probe

@@ -3,6 +3,7 @@
 {video_id}/source/source.<ext>
 {video_id}/chunks/...                                  (split intermediates; none by default)
 {video_id}/manifests/source.json
+{video_id}/manifests/facts.json                        (the probe and packet index, for the later stages)
 {video_id}/outputs/{rung}/segments/{profile}-{encoder}/seg_00000-{chunk sha}.ts (.ivf for AV1)
 {video_id}/outputs/audio/{profile}/audio.m4a
 {video_id}/cache/...                                   (Prefect result records)
@@ -29,6 +30,10 @@ def chunks_prefix(video_id: str) -> str:
 
 def manifest(video_id: str) -> str:
     return f"{video_id}/manifests/source.json"
+
+
+def facts(video_id: str) -> str:
+    return f"{video_id}/manifests/facts.json"
 
 
 def segment(video_id: str, rung: str, profile: str, encoder_version: str, index: int, chunk_sha: str,

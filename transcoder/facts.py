@@ -1,0 +1,66 @@
+"""What the pipeline must know of a source before it plans: the probe and the packet index.
+
+Both are read from the bytes of the whole file. The worker that ingested the source reads
+them from its own copy while the upload runs, and keeps them in a small record beside the
+manifest; the metadata and split stages (other containers, other machines in mode
+"deployments") read that record instead of each downloading the source again: for a
+10-minute 1080p source (4.6 GB) that was two downloads of about 18 s each, one after the
+other, before any chunk could start.
+
+The record is keyed on the video id (a content address) and names the input limits it was
+checked against: a worker with other limits reads the source itself, so it refuses what
+its limits refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from . import keys
+from .ingest import ensure_local
+from .models import Probe, SourceObject
+from .probe import FrameIndex, frame_index, probe
+from .settings import Settings
+from .storage import Storage
+
+FORMAT = 1  # bump when the probe or the index would read a source differently
+_LIMITS = {"max_input_bytes", "max_duration_seconds", "max_dimension", "min_dimension", "max_frames"}
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    probe: Probe
+    index: FrameIndex
+
+
+def read_facts(source: SourceObject, storage: Storage, settings: Settings) -> SourceFacts:
+    """Probe and index the source (from this machine's copy, downloaded if it has none)."""
+    path = ensure_local(source, storage, settings)
+    return SourceFacts(probe=probe(path, settings), index=frame_index(path, settings))
+
+
+def keep_facts(source: SourceObject, facts: SourceFacts, storage: Storage, settings: Settings) -> None:
+    storage.put_json(keys.facts(source.video_id), {
+        "format": FORMAT,
+        "sha256": source.sha256,
+        "limits": settings.model_dump(include=_LIMITS, mode="json"),
+        "probe": facts.probe.model_dump(mode="json"),
+        "index": {"time_base": str(facts.index.time_base), "pts": facts.index.pts,
+                  "keyframes": sorted(facts.index.keyframes)},
+    })
+
+
+def source_facts(source: SourceObject, storage: Storage, settings: Settings) -> SourceFacts:
+    """The kept record when it is this source's and was checked against these limits; else
+    read from the source, and kept for the stages after this one."""
+    record = storage.get_json(keys.facts(source.video_id))
+    if (record and record.get("format") == FORMAT and record.get("sha256") == source.sha256
+            and record.get("limits") == settings.model_dump(include=_LIMITS, mode="json")):
+        index = record["index"]
+        return SourceFacts(probe=Probe.model_validate(record["probe"]),
+                           index=FrameIndex(pts=index["pts"], keyframes=set(index["keyframes"]),
+                                            time_base=Fraction(index["time_base"])))
+    facts = read_facts(source, storage, settings)
+    keep_facts(source, facts, storage, settings)
+    return facts
