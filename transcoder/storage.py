@@ -102,8 +102,8 @@ class DirectBucket:
     def upload_from_path(self, path: str, key: str, **kwargs: Any) -> None:
         self._client.upload_file(path, self.bucket_name, key, **kwargs)
 
-    def download_object_to_path(self, key: str, path: str) -> None:
-        self._client.download_file(self.bucket_name, key, path)
+    def download_object_to_path(self, key: str, path: str, **kwargs: Any) -> None:
+        self._client.download_file(self.bucket_name, key, path, **kwargs)
 
 
 def direct_bucket(settings: Settings, api_url: str | None, attempts: int = 2) -> DirectBucket | None:
@@ -150,6 +150,12 @@ class Storage:
     def client(self):
         return self.block.credentials.get_s3_client()
 
+    @cached_property
+    def transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(max_concurrency=get_settings().s3_transfer_threads)
+
     @property
     def name(self) -> str:
         return self.block.bucket_name
@@ -163,7 +169,8 @@ class Storage:
         if "/chunks/" in key:  # intermediates: the bucket's lifecycle rule expires what a crash leaves
             extra["Tagging"] = CHUNK_TAG
         try:
-            self.block.upload_from_path(str(path), key, **({"ExtraArgs": extra} if extra else {}))
+            self.block.upload_from_path(str(path), key, Config=self.transfer_config,
+                                        **({"ExtraArgs": extra} if extra else {}))
         except Exception as exc:  # boto3 raises many types; all mean "storage failed"
             raise RetryableError(f"upload of {key} failed: {exc}") from exc
 
@@ -171,7 +178,7 @@ class Storage:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            self.block.download_object_to_path(key, str(tmp))
+            self.block.download_object_to_path(key, str(tmp), Config=self.transfer_config)
             os.replace(tmp, path)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
