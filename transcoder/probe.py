@@ -98,13 +98,13 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
     tb = Fraction(1, 90000)
     rows = []
     for line in proc.stdout.splitlines():
-        kind, _, rest = line.partition(",")
-        if kind == "stream":
-            tb = Fraction(rest)
+        fields = line.split(",")  # side data (MPEG-TS packets, a rotated stream) may follow
+        if fields[0] == "stream":
+            tb = Fraction(fields[1])
             continue
-        if kind != "packet":
+        if fields[0] != "packet" or len(fields) < 4:
             continue
-        pts, dts, flags = rest.split(",")
+        pts, dts, flags = fields[1:4]
         if "D" in flags:  # discarded packets are never shown
             continue
         ts = pts if pts != "N/A" else dts
