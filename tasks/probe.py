@@ -21,5 +21,6 @@ def read_source(source: SourceObject) -> None:
 
 @task(name="probe", retries=1, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def probe_source(source: SourceObject) -> Probe:
-    """ffprobe → typed metadata; a non-video or an undecodable file is refused here."""
+    """Typed metadata, from the facts the download stage kept (ffprobe when there are none,
+    or they were checked under other limits); a non-video or an undecodable file is refused."""
     return source_facts(source, Storage(), get_settings()).probe

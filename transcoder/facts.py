@@ -21,11 +21,14 @@ from . import keys
 from .ingest import ensure_local
 from .models import Probe, SourceObject
 from .probe import FrameIndex, frame_index, probe
-from .settings import Settings
+from .settings import INPUT_LIMITS, Settings
 from .storage import Storage
 
 FORMAT = 1  # bump when the probe or the index would read a source differently
-_LIMITS = {"max_input_bytes", "max_duration_seconds", "max_dimension", "min_dimension", "max_frames"}
+
+
+def _limits(settings: Settings) -> dict:
+    return settings.model_dump(include=set(INPUT_LIMITS), mode="json")
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ def keep_facts(source: SourceObject, facts: SourceFacts, storage: Storage, setti
     storage.put_json(keys.facts(source.video_id), {
         "format": FORMAT,
         "sha256": source.sha256,
-        "limits": settings.model_dump(include=_LIMITS, mode="json"),
+        "limits": _limits(settings),
         "probe": facts.probe.model_dump(mode="json"),
         "index": {"time_base": str(facts.index.time_base), "pts": facts.index.pts,
                   "keyframes": sorted(facts.index.keyframes)},
@@ -56,7 +59,7 @@ def source_facts(source: SourceObject, storage: Storage, settings: Settings) -> 
     read from the source, and kept for the stages after this one."""
     record = storage.get_json(keys.facts(source.video_id))
     if (record and record.get("format") == FORMAT and record.get("sha256") == source.sha256
-            and record.get("limits") == settings.model_dump(include=_LIMITS, mode="json")):
+            and record.get("limits") == _limits(settings)):
         index = record["index"]
         return SourceFacts(probe=Probe.model_validate(record["probe"]),
                            index=FrameIndex(pts=index["pts"], keyframes=set(index["keyframes"]),

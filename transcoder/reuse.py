@@ -21,7 +21,7 @@ from .ffmpeg import encoder_version
 from .ingest import sha256_local
 from .ladder import check_codec, parse_rungs
 from .models import TranscodeResult, stable_hash
-from .settings import Settings
+from .settings import INPUT_LIMITS, Settings
 from .storage import Storage
 
 # Bump when a change to the code changes what a finished run publishes (its outputs, HLS
@@ -30,7 +30,7 @@ RECORD_FORMAT = 1
 # the settings that decide an output's bytes or which outputs there are, and the input
 # limits (a source a run would now refuse must not be answered from an older run)
 _OUTPUT_SETTINGS = {"segment_seconds", "x264_threads", "audio_bitrate_kbps", "quality_metrics", "streaming_outputs",
-                    "max_input_bytes", "max_duration_seconds", "max_dimension", "min_dimension", "max_frames"}
+                    *INPUT_LIMITS}
 
 
 def fingerprint(settings: Settings, renditions: str | list[str] | None, codec: str | None, preset: str | None,

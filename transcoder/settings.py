@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# The input limits: a source they refuse must not be answered from a record made under others
+# (transcoder/reuse.py, transcoder/facts.py).
+INPUT_LIMITS = frozenset({"max_input_bytes", "max_duration_seconds", "max_dimension", "min_dimension", "max_frames"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRANSCODE_", extra="ignore")
 
