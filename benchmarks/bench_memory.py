@@ -59,12 +59,12 @@ def run_sampled(source: Path) -> dict:
     peak_at = 0.0
     started = time.perf_counter()
     while proc.poll() is None:
-        hwm, rss = vm_status(proc.pid)
+        hwm, worker_rss = vm_status(proc.pid)
         now = time.perf_counter() - started
         if hwm > worker:
             worker, peak_at = hwm, now
         if not timeline or now - timeline[-1][0] >= 2:
-            timeline.append((round(now, 1), round(rss / 2**20, 1)))
+            timeline.append((round(now, 1), round(worker_rss / 2**20, 1)))
         table = proc_table()
         tree = max(tree, tree_usage(table, [proc.pid])[0])
         for pid, (ppid, rss, _) in table.items():

@@ -15,8 +15,12 @@ from .errors import DiskFullError, is_disk_full
 from .settings import Settings
 
 
+def _scratch_root(settings: Settings, video_id: str) -> Path:
+    return settings.work_dir / video_id / "scratch"
+
+
 def scratch_dir(settings: Settings, video_id: str, name: str) -> Path:
-    root = settings.work_dir / video_id / "scratch"
+    root = _scratch_root(settings, video_id)
     try:
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
@@ -32,7 +36,7 @@ def remove_scratch(settings: Settings, video_id: str, keep_recent: float = 3600.
     straggler) may still be working in one (its thumbnails folder vanished mid-task, seen in
     test_chaos). Every task removes its own folder when it ends; this catches what crashes left."""
     root = settings.work_dir / video_id
-    scratch = root / "scratch"
+    scratch = _scratch_root(settings, video_id)
     now = time.time()
     for entry in list(root.iterdir()) if root.is_dir() else []:
         if entry == scratch:
