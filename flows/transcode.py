@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.dispatch import MODES, Mode, StageRunner
-from flows.stages import (PROGRESS_EVENT, download_source, merge_video, probe_video, progress, split_video,
+from flows.stages import (PROGRESS_EVENT, begin_download, download_source, merge_video, probe_video, progress, split_video,
                           transcode_batch)
 from tasks.assemble import export_package, export_rendition
 from tasks.player import export_player
@@ -100,29 +100,40 @@ def transcode_video(
     rungs = parse_rungs(renditions, encoder.codec)
     stages = StageRunner(mode)  # type: ignore[arg-type]
 
-    src = stages.run(download_source, origin=source)
-    if request_id:
-        Storage().put_json(keys.request(request_id), {"request_id": request_id, "video_id": src.video_id,
-                                                       "source": source, "flow_run_id": str(flow_run.id)})
-    probe = stages.run(probe_video, source=src)
-    plan = stages.run(split_video, source=src, probe=probe, rungs=rungs, encoder=encoder,
-                      gop_seconds=gop_seconds or settings.gop_seconds,
-                      chunk_seconds=chunk_seconds or settings.chunk_seconds)
+    with ThreadPoolTaskRunner(max_workers=1) as uploads:
+        if mode == "local":
+            # This process holds the source: its chunks are encoded from that copy while the
+            # original uploads, on a thread of its own (not an encoder's); nothing is
+            # published before the upload is done.
+            src, stored = begin_download(source, uploads)
+        else:
+            src, stored = stages.run(download_source, origin=source), None
+        if request_id:
+            Storage().put_json(keys.request(request_id), {"request_id": request_id, "video_id": src.video_id,
+                                                           "source": source, "flow_run_id": str(flow_run.id)})
+        probe = stages.run(probe_video, source=src)
+        plan = stages.run(split_video, source=src, probe=probe, rungs=rungs, encoder=encoder,
+                          gop_seconds=gop_seconds or settings.gop_seconds,
+                          chunk_seconds=chunk_seconds or settings.chunk_seconds)
 
-    groups = batches(plan, mode, batch_chunks or settings.batch_chunks)
-    if mode == "local":
-        on_done = None  # the one batch reports every task itself
-    else:
-        logger.info("transcode: %d chunks x %d rungs in %d batches", len(plan.chunks), len(plan.rungs), len(groups))
-        progress_id = create_progress_artifact(0.0, description=f"transcode of {src.video_id}: batches done")
+        groups = batches(plan, mode, batch_chunks or settings.batch_chunks)
+        if mode == "local":
+            on_done = None  # the one batch reports every task itself
+        else:
+            logger.info("transcode: %d chunks x %d rungs in %d batches", len(plan.chunks), len(plan.rungs),
+                        len(groups))
+            progress_id = create_progress_artifact(0.0, description=f"transcode of {src.video_id}: batches done")
 
-        def on_done(done: int, total: int) -> None:
-            progress(logger, "transcode batches", done, total)
-            update_progress_artifact(progress_id, 100.0 * done / total)
-    # the audio goes with the first batch: encoded once, beside the video
-    done = stages.map(transcode_batch, [{"plan": plan, "source": src, "chunks": group, "probe": probe if i == 0 else None}
-                                        for i, group in enumerate(groups)], on_done)
+            def on_done(done: int, total: int) -> None:
+                progress(logger, "transcode batches", done, total)
+                update_progress_artifact(progress_id, 100.0 * done / total)
+        # the audio goes with the first batch: encoded once, beside the video
+        done = stages.map(transcode_batch, [{"plan": plan, "source": src, "chunks": group,
+                                             "probe": probe if i == 0 else None}
+                                            for i, group in enumerate(groups)], on_done)
 
+        if stored is not None:
+            stored.result()
     title = _title(src.origin)
     result = stages.run(merge_video, plan=plan, source=src, probe=probe, batches=done, started_at=started_at,
                         title=title)

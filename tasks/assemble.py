@@ -12,7 +12,7 @@ from transcoder.errors import VerificationError
 from transcoder.ingest import sha256_file
 from transcoder.models import AudioTrack, HlsMedia, Plan, Rendition, Rung, Segment
 from transcoder.settings import get_settings
-from transcoder.storage import Storage
+from transcoder.storage import Storage, in_parallel
 from transcoder.verify import verify_rendition
 from transcoder.workspace import scratch_dir
 
@@ -27,14 +27,15 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
     storage = Storage()
     scratch = scratch_dir(settings, plan.video_id, f"assemble_{rung.name}")
     try:
-        local_segments = []
-        for seg in sorted(segments, key=lambda s: s.index):
+        def fetch(seg: Segment) -> tuple[Segment, Path]:
             path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}{Path(seg.key).suffix}")
             if sha256_file(path) != seg.sha256:
                 storage.delete(seg.key)  # never assembled, never trusted again: a rerun encodes it anew
                 raise VerificationError(f"{rung.name} segment {seg.index:05d} in storage is not the one encoded "
                                         f"(sha256 differs); it was removed: rerun to encode it again")
-            local_segments.append((seg, path))
+            return seg, path
+
+        local_segments = in_parallel(fetch, sorted(segments, key=lambda s: s.index))
         audio_path = storage.download(audio.key, scratch / "audio.m4a") if audio else None
         out = scratch / f"{plan.video_id}_{rung.name}.mp4"
         assemble(plan, local_segments, audio_path, out, timeout=max(settings.ffmpeg_min_timeout, plan.duration * 2),
@@ -61,9 +62,16 @@ def _package_hls(plan: Plan, rung: Rung, mp4: Path, out_dir: Path, storage: Stor
 
 
 def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str) -> None:
-    for path in files:
+    """The media files several at a time, then the playlists: a playlist in storage
+    names only files already there."""
+    def put(path: Path) -> None:
         storage.upload(path, keys.hls(video_id, f"{folder}/{path.name}"),
                        content_type=hls.CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+
+    in_parallel(put, [p for p in files if p.suffix != ".m3u8"])
+    for path in files:
+        if path.suffix == ".m3u8":
+            put(path)
 
 
 @task(name="export", task_run_name="export-{rendition.name}", retries=2, retry_condition_fn=retry_transient,

@@ -18,17 +18,26 @@ from .common import retry_transient
 
 @dataclass
 class ThumbnailsCache(CachePolicy):
-    """Pictures are a pure function of the renditions they are cut from."""
+    """Pictures are a pure function of the rendition they are cut from."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
-        parts = {"renditions": [inputs["small"].sha256, inputs["top"].sha256], "version": 1}
+        parts = {"rendition": inputs["small"].sha256, "version": 2}
         return f"{inputs['plan'].video_id}/cache/thumbnails/{stable_hash(parts)[:24]}"
+
+
+@dataclass
+class PosterCache(CachePolicy):
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
+        parts = {"rendition": inputs["top"].sha256, "time": inputs["pictures"].poster_time, "version": 1}
+        return f"{inputs['plan'].video_id}/cache/poster/{stable_hash(parts)[:24]}"
 
 
 @task(name="thumbnails", retries=2, retry_condition_fn=retry_transient, cache_policy=ThumbnailsCache(),
       persist_result=True)
-def make_thumbnails(plan: Plan, small: Rendition, top: Rendition) -> Thumbnails:
-    """Poster from the top rung, thumbnail sprites + WebVTT from the smallest one."""
+def make_thumbnails(plan: Plan, small: Rendition) -> Thumbnails:
+    """Thumbnail sprites + WebVTT from the smallest rung, and the poster's moment: the top
+    rung's picture there is cut by `cut_poster`, so this needs only the smallest rung and
+    runs beside the other rungs' assembly."""
     settings = get_settings()
     storage = Storage()
     fps = float(plan.fps)
@@ -45,8 +54,6 @@ def make_thumbnails(plan: Plan, small: Rendition, top: Rendition) -> Thumbnails:
         size = thumbnails.thumb_size(small.width, small.height)
         ffmpeg.run(thumbnails.sprite_argv(small_url, [f.n for _, _, f in picks], size, scratch / "sprite_%03d.jpg"),
                    timeout, "thumbnail sprites")
-        ffmpeg.run(thumbnails.poster_argv(storage.presigned_url(top.key), poster.time, fps, scratch / "poster.jpg"),
-                   timeout, "poster")
         sprites = sorted(scratch.glob("sprite_*.jpg"))
         sprite_keys = []
         for i, path in enumerate(sprites):
@@ -58,10 +65,24 @@ def make_thumbnails(plan: Plan, small: Rendition, top: Rendition) -> Thumbnails:
         vtt.write_text(thumbnails.vtt(picks, size, lambda i: f"sprite_{i:03d}.jpg"))
         vtt_key = keys.thumbnails(plan.video_id, "thumbnails.vtt")
         storage.upload(vtt, vtt_key, content_type="text/vtt")
-        poster_key = keys.thumbnails(plan.video_id, "poster.jpg")
-        storage.upload(scratch / "poster.jpg", poster_key, content_type="image/jpeg")
-        return Thumbnails(poster_key=poster_key, poster_time=round(poster.time, 3), vtt_key=vtt_key,
-                          sprite_keys=tuple(sprite_keys), count=len(picks),
+        return Thumbnails(poster_key=keys.thumbnails(plan.video_id, "poster.jpg"), poster_time=round(poster.time, 3),
+                          vtt_key=vtt_key, sprite_keys=tuple(sprite_keys), count=len(picks),
                           interval=thumbnails.interval_for(plan.duration), width=size[0], height=size[1])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@task(name="poster", retries=2, retry_condition_fn=retry_transient, cache_policy=PosterCache(), persist_result=True)
+def cut_poster(plan: Plan, top: Rendition, pictures: Thumbnails) -> str:
+    """The poster: the top rung's picture at the moment `make_thumbnails` chose."""
+    settings = get_settings()
+    storage = Storage()
+    scratch = scratch_dir(settings, plan.video_id, "poster")
+    try:
+        out = scratch / "poster.jpg"
+        ffmpeg.run(thumbnails.poster_argv(storage.presigned_url(top.key), pictures.poster_time, float(plan.fps), out),
+                   max(settings.ffmpeg_min_timeout, plan.duration * 2), "poster")
+        storage.upload(out, pictures.poster_key, content_type="image/jpeg")
+        return pictures.poster_key
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from fractions import Fraction
 
 import pytest
@@ -12,7 +13,9 @@ from transcoder.errors import BadInputError
 from transcoder.ladder import build_ladder, parse_rungs
 from transcoder.models import EncoderSettings, Probe, VideoInfo
 from transcoder.plan import make_plan
-from transcoder.probe import FrameIndex, frame_rate
+from transcoder.probe import FrameIndex, frame_index, frame_rate
+from transcoder.samples import make_sample
+from transcoder.settings import get_settings
 from transcoder.urlfetch import address_allowed
 
 
@@ -94,6 +97,24 @@ def test_plan_chunks_are_whole_segments_and_cover_every_frame():
     # the seek point lies between the chunk's first frame and the frame before it
     c = plan.chunks[1]
     assert (c.start_frame - 1) / 25 < c.seek < c.start_frame / 25
+
+
+def test_chunks_weigh_their_source_bytes(tmp_path):
+    """A chunk's weight is the source bytes of its frames (the index reads packet sizes
+    without decoding), so a batch starts the busy chunks first."""
+    sizes = [1000] * 600 + [9000] * 300 + [1000] * 600  # a busy middle
+    idx = FrameIndex(pts=[i * 512 for i in range(1500)], keyframes={0}, time_base=Fraction(1, 12800), sizes=sizes)
+    plan = make_plan("vid", "sha", probe_of(video()), idx, None, EncoderSettings(), gop_seconds=4, chunk_seconds=8)
+    assert [c.weight for c in plan.chunks] == [sum(sizes[c.start_frame:c.end_frame]) for c in plan.chunks]
+    heaviest = max(plan.chunks, key=lambda c: c.weight)
+    assert 600 <= heaviest.start_frame < 900
+    # read from a real file: one size per frame, in presentation order, summing to the packets' bytes
+    path = make_sample("standard", tmp_path / "s.mp4", seconds=2, width=320, height=180, fps="25")
+    read = frame_index(path, get_settings())
+    packets = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size",
+                              "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    assert read.sizes is not None and len(read.sizes) == len(read.pts) >= 50
+    assert sum(read.sizes) == sum(int(x) for x in packets)
 
 
 def test_chunks_are_cut_between_frames_and_seek_onto_their_keyframe():

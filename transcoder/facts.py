@@ -24,7 +24,7 @@ from .probe import FrameIndex, frame_index, probe
 from .settings import INPUT_LIMITS, Settings
 from .storage import Storage
 
-FORMAT = 1  # bump when the probe or the index would read a source differently
+FORMAT = 2  # bump when the probe or the index would read a source differently
 
 
 def _limits(settings: Settings) -> dict:
@@ -50,7 +50,7 @@ def keep_facts(source: SourceObject, facts: SourceFacts, storage: Storage, setti
         "limits": _limits(settings),
         "probe": facts.probe.model_dump(mode="json"),
         "index": {"time_base": str(facts.index.time_base), "pts": facts.index.pts,
-                  "keyframes": sorted(facts.index.keyframes)},
+                  "keyframes": sorted(facts.index.keyframes), "sizes": facts.index.sizes},
     })
 
 
@@ -63,7 +63,7 @@ def source_facts(source: SourceObject, storage: Storage, settings: Settings) -> 
         index = record["index"]
         return SourceFacts(probe=Probe.model_validate(record["probe"]),
                            index=FrameIndex(pts=index["pts"], keyframes=set(index["keyframes"]),
-                                            time_base=Fraction(index["time_base"])))
+                                            time_base=Fraction(index["time_base"]), sizes=index["sizes"]))
     facts = read_facts(source, storage, settings)
     keep_facts(source, facts, storage, settings)
     return facts

@@ -129,6 +129,9 @@ class Chunk(Frozen):
     # lands on (for demuxers without an index, from where its margin puts it). What a chunk
     # reads is its own bytes plus this much (ingest.chunk_source).
     lead: float = 0.0
+    # Source bytes of the chunk's frames: its share of the work, roughly (busy pictures
+    # cost the source bits and the encoder time). Batches start the heaviest first.
+    weight: int = 0
 
     @property
     def name(self) -> str:

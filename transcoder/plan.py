@@ -59,6 +59,7 @@ def make_plan(
                 out_start=out_start,
                 out_frames=out_end - out_start,
                 lead=float(_lead(index, key_times, a, rate, margin)),
+                weight=sum(index.sizes[a:b]) if index.sizes else 0,
                 sha256=stable_hash({"source": source_sha256, "frames": [a, b], "out": [out_start, out_end]}),
             )
         )

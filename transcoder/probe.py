@@ -29,6 +29,9 @@ class FrameIndex:
     pts: list[int]
     keyframes: set[int]  # positions in `pts` (frame numbers) that are keyframes
     time_base: Fraction
+    # bytes of each frame's packet, in the same order: where the picture is busy (the
+    # source spent bits on it), encoding costs more; the plan weighs chunks by it
+    sizes: list[int] | None = None
 
     def seconds(self, frame: int) -> Fraction:
         return self.pts[frame] * self.time_base
@@ -81,12 +84,12 @@ def probe(path: Path, settings: Settings) -> Probe:
 
 
 def frame_index(path: Path, settings: Settings) -> FrameIndex:
-    """Read every video packet's timestamp and key flag, without decoding."""
-    # CSV, one line a packet ("packet,pts,dts,flags"; "stream,time_base"): for 10 minutes
+    """Read every video packet's timestamp, size and key flag, without decoding."""
+    # CSV, one line a packet ("packet,pts,dts,size,flags"; "stream,time_base"): for 10 minutes
     # of video the JSON form, parsed into a dict per packet, had added about 10 MiB to the
     # worker's peak
     argv = [ffmpeg.FFPROBE, "-v", "error", "-hide_banner", "-select_streams", "v:0",
-            "-show_entries", "packet=pts,dts,flags:stream=time_base", "-of", "csv=p=1",
+            "-show_entries", "packet=pts,dts,size,flags:stream=time_base", "-of", "csv=p=1",
             *ffmpeg.source_input(path)]
     try:
         proc = ffmpeg.run(argv, PROBE_TIMEOUT * 5, "index")
@@ -102,15 +105,15 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
         if fields[0] == "stream":
             tb = Fraction(fields[1])
             continue
-        if fields[0] != "packet" or len(fields) < 4:
+        if fields[0] != "packet" or len(fields) < 5:
             continue
-        pts, dts, flags = fields[1:4]
+        pts, dts, size, flags = fields[1:5]
         if "D" in flags:  # discarded packets are never shown
             continue
         ts = pts if pts != "N/A" else dts
         if ts == "N/A":
             continue
-        rows.append((int(ts), "K" in flags))
+        rows.append((int(ts), "K" in flags, int(size) if size.isdigit() else 0))
     if not rows:
         raise BadInputError("the video stream has no frames")
     if len(rows) > settings.max_frames:
@@ -120,7 +123,7 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
     keys = {i for i, r in enumerate(rows) if r[1]}
     if 0 not in keys:
         keys.add(0)  # the first frame shown is reached by decoding from the start anyway
-    return FrameIndex(pts=pts, keyframes=keys, time_base=tb)
+    return FrameIndex(pts=pts, keyframes=keys, time_base=tb, sizes=[r[2] for r in rows])
 
 
 def frame_rate(index: FrameIndex, nominal: Fraction) -> tuple[Fraction, bool]:
