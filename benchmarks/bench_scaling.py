@@ -14,10 +14,13 @@ Measured on this machine, on the local stack, every run cold (a content-unique c
     rung of its chunk), after the last chunk (assemble, HLS, thumbnails, report, player);
     the orchestration gap per task; S3 throughput of the local SeaweedFS.
 Model, for N workers of one core each and a video of L seconds:
-  T(N) = pre(L) + storage(N) + makespan(chunk encodes over N, longest first) + gaps + post(L)
-  storage(N) = the source downloaded once by each of min(N, chunks) workers on other machines,
-  through one S3 server (its measured throughput); segment uploads and the assembly's
-  transfers are measured inside the chunk encodes and `post`.
+  T(N) = pre(L) + upload(L) + storage(N) + makespan(chunk encodes over N, longest first) + gaps + post(L)
+  upload(L) = the original into storage at the speed one upload reaches alone (mode
+  "deployments": every transcode worker reads it from there; the measured runs, mode "local",
+  encode from the ingesting machine's copy while it uploads, so their `pre` has none);
+  storage(N) = what the workers' range reads cost beyond the encodes (or, with whole downloads,
+  the source downloaded once by each of min(N, chunks) workers) through one S3 server; segment
+  uploads and the assembly's transfers are measured inside the chunk encodes and `post`.
   Speedup S(N) = T(1) / T(N), efficiency S(N) / N.
 Writes OUT/results-scaling.json. Loopback only.
 """
@@ -152,10 +155,12 @@ RANGE_READ_FACTOR = 1.07
 
 
 def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_per_chunk: int, source_mb: float,
-          s3_mb_s: float, counts=COUNTS, fetch: str = "ranges") -> list[dict]:
+          s3_mb_s: float, counts=COUNTS, fetch: str = "ranges", upload: float = 0.0) -> list[dict]:
     """Segment uploads are in the chunk encodes' times and the assembly's transfers in `post`
     (both measured against the S3 server); what the single-machine run does not show is the
-    workers fetching the source. `fetch="ranges"` (the engine now): each chunk's ffmpeg reads
+    source's upload and the workers fetching it. `upload`: the original's upload, which
+    workers on other machines wait for (mode "local" encodes from its own copy meanwhile, so
+    the measured runs have none; mode "deployments" uploads first, on the download worker). `fetch="ranges"` (the engine now): each chunk's ffmpeg reads
     its own byte ranges while it decodes, so the source crosses the S3 server about once in
     all (`RANGE_READ_FACTOR`), overlapped with encoding: it costs time only where the server
     cannot keep up. `fetch="whole"` (`TRANSCODE_RANGE_READS=download`, and what "auto" does
@@ -171,8 +176,8 @@ def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_
             storage = min(n, len(encodes)) * source_mb / s3_mb_s
         else:
             storage = max(0.0, RANGE_READ_FACTOR * source_mb / s3_mb_s - transcode)
-        total = pre + storage + transcode + orchestration + post
-        rows.append({"workers": n, "wall": total, "pre": pre, "storage": storage, "transcode": transcode,
+        total = pre + upload + storage + transcode + orchestration + post
+        rows.append({"workers": n, "wall": total, "pre": pre + upload, "storage": storage, "transcode": transcode,
                      "orchestration": orchestration, "post": post})
     base = rows[0]["wall"]
     for row in rows:
@@ -203,14 +208,18 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
     pre = linear((inp["short_seconds"], shorter["stages"]["pre"]), (inp["seconds"], full["stages"]["pre"]))
     post = linear((inp["short_seconds"], shorter["stages"]["post"]), (inp["seconds"], full["stages"]["post"]))
 
-    def at(seconds: float, counts=COUNTS, fetch: str = "ranges") -> list[dict]:
+    def at(seconds: float, counts=COUNTS, fetch: str = "ranges", local: bool = False) -> list[dict]:
+        """`local`: as the measured runs (mode "local": no wait for the upload); else the
+        workers of mode "deployments", all waiting for the original in storage, at the
+        speed one upload reaches alone against this S3 server."""
         scale = seconds / inp["seconds"]  # chunks of the same length, in proportion to the video
         n_chunks = max(1, round(len(encodes) * scale))
         modelled = [encodes[i % len(encodes)] for i in range(n_chunks)]
         return model(pre[0] + pre[1] * seconds, post[0] + post[1] * seconds, modelled, gap, tasks_per_chunk,
-                     source_mb * scale, s3_mb_s, counts, fetch)
+                     source_mb * scale, s3_mb_s, counts, fetch,
+                     upload=0.0 if local else source_mb * scale / s3["upload_mb_s"])
 
-    measured_model = at(inp["seconds"], (1, cores, check_workers))
+    measured_model = at(inp["seconds"], (1, cores, check_workers), local=True)
     # the check: N workers sharing `cores` cores get through the work as fast as the cores do,
     # and no faster than the longest chunk alone
     check_wall = (pre[0] + pre[1] * inp["seconds"] + max(sum(encodes) / cores, max(encodes))
