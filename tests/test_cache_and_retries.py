@@ -82,6 +82,33 @@ def test_interrupted_run_resumes_with_only_the_missing_chunk(engine, media):
     assert resumed.cached == resumed.chunks * 2 - 2
 
 
+def test_failed_upload_of_the_original_fails_the_run_and_publishes_nothing(engine, media, monkeypatch):
+    """Mode local encodes while the original uploads; an upload that fails (here: after its
+    retries) still fails the run, with nothing published, and the rerun does only the rest."""
+    import tasks.ingest
+    from flows.transcode import transcode_video
+    from transcoder.errors import RetryableError
+
+    stored = tasks.ingest.store_source
+
+    def refused(*args, **kwargs):
+        raise RetryableError("upload of the original failed: the storage server refused it (injected)")
+
+    monkeypatch.setattr(tasks.ingest, "store_source", refused)
+    src = str(media("standard", seconds=6))
+    state = transcode_video(src, renditions="240p", return_state=True, **CHUNKING)
+    assert state.is_failed()
+    assert "upload of the original failed" in repr(state.result(raise_on_failure=False))
+    assert not engine.keys("encoded/"), "nothing may look finished after a failed run"
+    video_id = next(k.split("/")[0] for k in engine.keys("") if k.endswith("/manifests/facts.json"))
+    assert not [k for k in engine.keys(video_id) if "/source/" in k or k.endswith("report.json")]
+
+    monkeypatch.setattr(tasks.ingest, "store_source", stored)
+    resumed = transcode_video(src, renditions="240p", **CHUNKING)
+    assert resumed.video_id == video_id and resumed.cached == resumed.chunks  # the encodes were kept
+    assert resumed.source_key in engine.keys(video_id)
+
+
 def test_deleted_segment_is_encoded_again_and_other_chunking_never_reuses_segments(engine, media, tmp_path):
     from flows.transcode import transcode_video
     from tests.checks import decoded_frames, per_frame_psnr
