@@ -16,6 +16,7 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS runtime
 ENV LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PREFECT_HOME=/tmp/prefect \

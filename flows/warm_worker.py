@@ -31,6 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from uuid import UUID
 
+from transcoder.malloc import limit_arenas
+
 logger = logging.getLogger("warm_worker")
 
 MARK = "warm"
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit < 1:
         parser.error("--limit must be at least 1")
+    limit_arenas()  # before the runs' threads start (transcoder/malloc.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per API call otherwise
     worker = WarmWorker(args.pool, args.queues, args.limit, args.poll_seconds)

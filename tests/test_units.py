@@ -510,3 +510,13 @@ def test_cached_results_from_before_a_new_field_unpickle_with_its_default():
     old.__setstate__(state)
     assert old.etag is None and old.sha256 == "a" * 64
     assert pickle.loads(pickle.dumps(seg)).etag == '"x"'
+
+
+def test_worker_processes_cap_their_malloc_arenas():
+    """The CLI and the warm worker cap glibc's arenas before any thread starts (the worker's
+    RSS grew with the threads that ever allocated together: transcoder/malloc.py)."""
+    import sys
+
+    code = "from transcoder.malloc import limit_arenas; print(limit_arenas())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .errors import BadInputError, TranscodeError
+from .malloc import limit_arenas
 from .settings import get_settings
 
 UI = "http://127.0.0.1:{port}"
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_arenas()  # this process is the worker of mode "local": before any thread starts
     args = build_parser().parse_args(argv)
 
     try:
