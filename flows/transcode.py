@@ -19,8 +19,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.dispatch import MODES, Mode, StageRunner
-from flows.stages import (PROGRESS_EVENT, begin_download, download_source, merge_video, probe_video, progress, split_video,
-                          transcode_batch)
+from flows.stages import (PROGRESS_EVENT, begin_download, download_source, merge_video, probe_video, progress,
+                          split_video, transcode_batch)
 from tasks.assemble import export_package, export_rendition
 from tasks.player import export_player
 from transcoder import keys
