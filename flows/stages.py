@@ -97,20 +97,37 @@ def transcode_batch(plan: Plan, source: SourceObject, chunks: list[int], probe: 
     so a batch that runs twice (a retry, a reclaimed Spot worker, a rerun) encodes only
     what is missing. Every task runs, then the batch fails if any did, naming them.
     """
+    results = get_bucket(get_settings())  # result records (the cache) live in the bucket, under {video_id}/cache/
+    encode = encode_audio.with_options(result_storage=results)
+    # The audio, one encode of the whole track, on a thread of its own beside the chunks':
+    # queued behind them it started last, and 10 minutes of audio then ran 25 s alone after
+    # the last chunk (measured); beside them it costs the encoders a few seconds of a core.
+    with ThreadPoolTaskRunner(max_workers=1) as beside:
+        audio_future = (beside.submit(encode, {"plan": plan, "source": source, "probe": probe})
+                        if probe is not None and plan.has_audio else None)
+        by_key, cached = _encode_chunks(plan, source, chunks, results)
+        audio = audio_future.result() if audio_future else None
+    if audio and not Storage(results).holds(audio.key, audio.sha256):
+        audio = encode.with_options(refresh_cache=True)(plan, source, probe)
+    return BatchResult(segments=tuple(by_key[k] for k in sorted(by_key)),
+                       cached=tuple(sorted(f"{rung}/{index}" for rung, index in cached)), audio=audio)
+
+
+def _encode_chunks(plan: Plan, source: SourceObject, chunks: list[int],
+                   results) -> tuple[dict[tuple[str, int], Segment], set[tuple[str, int]]]:
+    """Every rung of these chunks, on the flow's task runner: the segments by (rung, chunk),
+    and which came from the cache."""
     logger = get_run_logger()
     settings = get_settings()
-    results = get_bucket(settings)  # result records (the cache) live in the bucket, under {video_id}/cache/
     transcode = transcode_chunk.with_options(result_storage=results, retries=settings.transcode_retries)
     # Rung-major: the first tasks to run are one per chunk, each encoding all rungs of
     # its chunk; the later rungs' tasks then find their segments already stored.
     # Heaviest chunks first (source bytes, then length), so no long encode is left
-    # running alone at the end; the short jobs (audio) fill the tail.
+    # running alone at the end.
     wanted = set(chunks)
     order = sorted((c for c in plan.chunks if c.index in wanted), key=lambda c: (-c.weight, -c.out_frames, c.index))
     first, *others = plan.rungs
     futures = {transcode.submit(plan, source, chunk, first): (chunk, first) for chunk in order}
-    audio_future = (encode_audio.with_options(result_storage=results).submit(plan, source, probe)
-                    if probe is not None and plan.has_audio else None)
     futures.update({transcode.submit(plan, source, chunk, rung): (chunk, rung) for rung in others for chunk in order})
 
     total = len(futures)
@@ -154,12 +171,7 @@ def transcode_batch(plan: Plan, source: SourceObject, chunks: list[int], probe: 
             seg = future.result()
             by_key[(seg.rung, seg.index)] = seg
             cached.discard((seg.rung, seg.index))
-
-    audio = audio_future.result() if audio_future else None
-    if audio and not storage.holds(audio.key, audio.sha256):
-        audio = encode_audio.with_options(result_storage=results, refresh_cache=True)(plan, source, probe)
-    return BatchResult(segments=tuple(by_key[k] for k in sorted(by_key)),
-                       cached=tuple(sorted(f"{rung}/{index}" for rung, index in cached)), audio=audio)
+    return by_key, cached
 
 
 @flow(name="merge-video", task_runner=ThreadPoolTaskRunner(max_workers=get_settings().max_workers),
