@@ -160,10 +160,10 @@ def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_
     (both measured against the S3 server); what the single-machine run does not show is the
     source's upload and the workers fetching it. `upload`: the original's upload, which
     workers on other machines wait for (mode "local" encodes from its own copy meanwhile, so
-    the measured runs have none; mode "deployments" uploads first, on the download worker). `fetch="ranges"` (the engine now): each chunk's ffmpeg reads
-    its own byte ranges while it decodes, so the source crosses the S3 server about once in
-    all (`RANGE_READ_FACTOR`), overlapped with encoding: it costs time only where the server
-    cannot keep up. `fetch="whole"` (`TRANSCODE_RANGE_READS=download`, and what "auto" does
+    the measured runs have none; mode "deployments" uploads first, on the download worker).
+    `fetch="ranges"` (the engine now): each chunk's ffmpeg reads its own byte ranges while it
+    decodes, so the source crosses the S3 server about once in all (`RANGE_READ_FACTOR`),
+    overlapped with encoding: it costs time only where the server cannot keep up. `fetch="whole"` (`TRANSCODE_RANGE_READS=download`, and what "auto" does
     for sources with sparse keyframes): each worker downloads the whole source before its first chunk."""
     rows = []
     for n in counts:

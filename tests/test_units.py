@@ -10,6 +10,7 @@ import pytest
 
 from transcoder import encode, keys
 from transcoder.errors import BadInputError
+from transcoder.ffmpeg import FFPROBE
 from transcoder.ladder import build_ladder, parse_rungs
 from transcoder.models import EncoderSettings, Probe, VideoInfo
 from transcoder.plan import make_plan
@@ -111,7 +112,7 @@ def test_chunks_weigh_their_source_bytes(tmp_path):
     # read from a real file: one size per frame, in presentation order, summing to the packets' bytes
     path = make_sample("standard", tmp_path / "s.mp4", seconds=2, width=320, height=180, fps="25")
     read = frame_index(path, get_settings())
-    packets = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size",
+    packets = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size",
                               "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
     assert read.sizes is not None and len(read.sizes) == len(read.pts) >= 50
     assert sum(read.sizes) == sum(int(x) for x in packets)

@@ -4,8 +4,8 @@ glibc gives threads that allocate at the same time arenas of their own (up to 8 
 and what is freed in one arena serves only that arena again: a worker's RSS grows with how
 many threads have ever allocated together (transfers in flight, the task runners' threads),
 which reads as growth with the video's length. Measured with bench_memory (480p, 10 s against
-10 min, the worker's peak): 145 -> 177 MiB with glibc's default, 137 -> 151 MiB with 2 arenas,
-at the same speed (177 against 173 s for the 10-minute run).
+10 min, the worker's peak): 145 -> 177 MiB with glibc's default; with 2 arenas 137 -> 153-154
+MiB set here (two runs) and 137 -> 151 MiB from MALLOC_ARENA_MAX, at the same speed.
 """
 
 from __future__ import annotations
