@@ -1,16 +1,20 @@
 from __future__ import annotations
 
+import base64
+import dataclasses
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import CachePolicy
 
 from transcoder import ffmpeg, keys, thumbnails
 from transcoder.models import Plan, Rendition, Thumbnails, stable_hash
 from transcoder.settings import get_settings
-from transcoder.storage import Storage
+from transcoder.storage import Storage, in_parallel
+from transcoder.transcode import scan_key
 from transcoder.workspace import scratch_dir
 
 from .common import retry_transient
@@ -21,7 +25,7 @@ class ThumbnailsCache(CachePolicy):
     """Pictures are a pure function of the rendition they are cut from."""
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
-        parts = {"rendition": inputs["small"].sha256, "version": 2}
+        parts = {"rendition": inputs["small"].sha256, "version": 3}
         return f"{inputs['plan'].video_id}/cache/thumbnails/{stable_hash(parts)[:24]}"
 
 
@@ -35,25 +39,20 @@ class PosterCache(CachePolicy):
 @task(name="thumbnails", retries=2, retry_condition_fn=retry_transient, cache_policy=ThumbnailsCache(),
       persist_result=True)
 def make_thumbnails(plan: Plan, small: Rendition) -> Thumbnails:
-    """Thumbnail sprites + WebVTT from the smallest rung, and the poster's moment: the top
-    rung's picture there is cut by `cut_poster`, so this needs only the smallest rung and
-    runs beside the other rungs' assembly."""
+    """Thumbnail sprites + WebVTT, and the poster's moment: the top rung's picture there is
+    cut by `cut_poster`, so this needs only the smallest rung and runs beside the other
+    rungs' assembly. From the chunks' scans (made by their encodes) when every chunk has
+    one, else from a pass over the smallest rendition."""
     settings = get_settings()
     storage = Storage()
-    fps = float(plan.fps)
     timeout = max(settings.ffmpeg_min_timeout, plan.duration * 2)
     scratch = scratch_dir(settings, plan.video_id, "thumbnails")
+    size = thumbnails.thumb_size(small.width, small.height)
     try:
-        small_url = storage.presigned_url(small.key)
-        stats_file = scratch / "scan.txt"
-        ffmpeg.run(thumbnails.scan_argv(small_url, stats_file), timeout, "scan for thumbnails")
-        with stats_file.open() as lines:
-            frames = thumbnails.parse_scan(lines)
-        picks = thumbnails.pick_thumbnails(frames, fps, plan.duration)
-        poster = thumbnails.pick_poster(frames, fps, plan.duration)
-        size = thumbnails.thumb_size(small.width, small.height)
-        ffmpeg.run(thumbnails.sprite_argv(small_url, [f.n for _, _, f in picks], size, scratch / "sprite_%03d.jpg"),
-                   timeout, "thumbnail sprites")
+        chosen = _from_chunk_scans(plan, storage, scratch, timeout)
+        if chosen is None:
+            chosen = _from_rendition(plan, small, storage, scratch, timeout, size)
+        picks, poster = chosen
         sprites = sorted(scratch.glob("sprite_*.jpg"))
         sprite_keys = []
         for i, path in enumerate(sprites):
@@ -70,6 +69,59 @@ def make_thumbnails(plan: Plan, small: Rendition) -> Thumbnails:
                           interval=thumbnails.interval_for(plan.duration), width=size[0], height=size[1])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+Chosen = tuple[list[tuple[float, float, thumbnails.FrameStats]], thumbnails.FrameStats]
+
+
+def _from_chunk_scans(plan: Plan, storage: Storage, scratch: Path, timeout: float) -> Chosen | None:
+    """Picks from the chunks' scores, sprites tiled from the pictures their scans kept; None
+    when a chunk has no scan (encoded by an older version, or its scan failed to store)."""
+    logger = get_run_logger()
+    fps = float(plan.fps)
+    scans = in_parallel(storage.get_json, [scan_key(plan, chunk) for chunk in plan.chunks])
+    missing = [c.name for c, scan in zip(plan.chunks, scans) if not scan or scan.get("version") != thumbnails.SCAN_VERSION]
+    if missing:
+        logger.info("thumbnails: %d of %d chunks have no scan (%s...); scanning the smallest rendition",
+                    len(missing), len(plan.chunks), ", ".join(missing[:3]))
+        return None
+    frames = [f for scan in scans for f in thumbnails.scan_frames(scan, fps)]
+    if len(scans) > 1:  # a chunk's first frame against the previous chunk's last
+        joints = scratch / "joints"
+        joints.mkdir()
+        thumbnails.joint_pictures(scans, joints)
+        ffmpeg.run(thumbnails.joints_argv(joints, scratch / "joints.txt"), timeout, "thumbnail joints")
+        for scan, score in zip(scans[1:], thumbnails.joint_scores(scratch / "joints.txt"), strict=True):
+            first = frames[scan["out_start"]]
+            frames[first.n] = dataclasses.replace(first, scene=score)
+    bounds = [c.out_start for c in plan.chunks]
+    picks = thumbnails.pick_thumbnails(frames, fps, plan.duration, bounds)
+    kept = {int(n): picture for scan in scans for n, picture in scan["pictures"].items()}
+    lacking = [f.n for _, _, f in picks if f.n not in kept]
+    if lacking:  # a bug: the chunks keep every frame a pick can choose (chunk_candidates)
+        logger.warning("thumbnails: frames %s were not kept by their chunks; scanning the smallest rendition",
+                       lacking[:5])
+        return None
+    for i, (_, _, frame) in enumerate(picks):
+        (scratch / f"p_{i:05d}.jpg").write_bytes(base64.b64decode(kept[frame.n]))
+    ffmpeg.run(thumbnails.tile_argv(scratch, scratch / "sprite_%03d.jpg"), timeout, "thumbnail sprites")
+    return picks, thumbnails.pick_poster(frames, fps, plan.duration, bounds)
+
+
+def _from_rendition(plan: Plan, small: Rendition, storage: Storage, scratch: Path, timeout: float,
+                    size: tuple[int, int]) -> Chosen:
+    """One pass over the smallest rendition scores every frame, a second cuts the sprites."""
+    fps = float(plan.fps)
+    small_url = storage.presigned_url(small.key)
+    stats_file = scratch / "scan.txt"
+    ffmpeg.run(thumbnails.scan_argv(small_url, stats_file), timeout, "scan for thumbnails")
+    with stats_file.open() as lines:
+        frames = thumbnails.parse_scan(lines)
+    bounds = [c.out_start for c in plan.chunks]
+    picks = thumbnails.pick_thumbnails(frames, fps, plan.duration, bounds)
+    ffmpeg.run(thumbnails.sprite_argv(small_url, [f.n for _, _, f in picks], size, scratch / "sprite_%03d.jpg"),
+               timeout, "thumbnail sprites")
+    return picks, thumbnails.pick_poster(frames, fps, plan.duration, bounds)
 
 
 @task(name="poster", retries=2, retry_condition_fn=retry_transient, cache_policy=PosterCache(), persist_result=True)

@@ -42,7 +42,9 @@ def transcode_chunk(plan: Plan, source: SourceObject, chunk: Chunk, rung: Rung) 
         # the encode, its check and (HEVC/AV1) the comparison each read the source once
         reader = chunk_source(source, plan, chunk, storage, settings, 3 * chunk_timeout(plan, chunk, settings))
         scratch = scratch_dir(settings, plan.video_id, f"chunk_{chunk.name}")
-        for segment in encode_chunk(reader, plan, chunk, missing, storage, settings, scratch):
+        # the thumbnails' scan rides along (tasks/thumbnails.py)
+        for segment in encode_chunk(reader, plan, chunk, missing, storage, settings, scratch,
+                                    scan=settings.streaming_outputs):
             if segment.rung == rung.name:
                 return segment
     raise TranscodeError(f"chunk {chunk.name}: {rung.name} was not written")  # unreachable: rung is in `missing`

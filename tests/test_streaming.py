@@ -137,3 +137,41 @@ def test_smallest_rung_is_published_first(finished):
     _, result, _, _ = finished
     ready = {r.name: r.ready_seconds for r in result.renditions}
     assert ready["144p"] <= ready["270p"] < result.wall_seconds, ready
+
+
+def test_thumbnails_come_from_the_chunks_own_scans(finished, tmp_path):
+    """Each chunk's encode scored its frames and kept the few a thumbnail can be; the merge
+    picks from those (no pass over the video after the last chunk) and chooses the same
+    frames as a pass over the smallest rendition would, the cut at a joint included."""
+    from prefect import flow
+
+    from tasks.thumbnails import _from_chunk_scans, _from_rendition
+    from transcoder.ingest import sha256_file
+    from transcoder.ladder import parse_rungs
+    from transcoder.models import EncoderSettings
+    from transcoder.plan import make_plan
+    from transcoder.probe import frame_index, probe
+    from transcoder.storage import Storage
+    from transcoder.thumbnails import thumb_size
+
+    engine, result, out, src = finished
+    plan = make_plan(result.video_id, sha256_file(src), probe(src, engine.settings),
+                     frame_index(src, engine.settings), parse_rungs("270p,144p", "h264"), EncoderSettings(),
+                     **SETTINGS)
+    assert len(plan.chunks) == result.chunks > 1
+    scans = [k for k in engine.keys(result.video_id) if "/outputs/scans/" in k]
+    assert len(scans) == result.chunks
+
+    @flow
+    def both():
+        small = result.renditions[-1]
+        (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+        return (_from_chunk_scans(plan, Storage(), tmp_path / "a", 60),
+                _from_rendition(plan, small, Storage(), tmp_path / "b", 60, thumb_size(small.width, small.height)))
+
+    (picks, poster), (rescanned, poster_again) = both()
+    assert [(lo, hi, f.n) for lo, hi, f in picks] == [(lo, hi, f.n) for lo, hi, f in rescanned]
+    assert poster.n == poster_again.n == 60  # the cut at 2.0 s is a joint (2 s chunks): 0.4 s after it
+    assert sorted(p.name for p in (tmp_path / "a").glob("sprite_*.jpg")) == ["sprite_001.jpg"]
+    w, h = thumb_size(256, 144)
+    assert brightness(tmp_path / "a" / "sprite_001.jpg", f"{w}:{h}:{w}:0") > 40  # the cue of 2-4 s

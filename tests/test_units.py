@@ -359,6 +359,25 @@ def test_thumbnails_prefer_shot_starts_and_skip_blank_frames():
     assert "00:00:08.000 --> 00:00:10.000\nsprite_000.jpg#xywh=640,0,160,90" in text
 
 
+def test_each_chunk_keeps_every_frame_a_thumbnail_can_be():
+    """The merge picks among the pictures the chunks' scans kept (tasks/thumbnails.py): each
+    chunk, knowing only its own frames, keeps every frame the picks over the whole video
+    can choose. A shot's settled frame stays in the chunk of its cut."""
+    from transcoder.thumbnails import chunk_candidates, pick_poster, pick_thumbnails
+
+    frames = _frames(seconds=30, cut_at=(3.0, 7.0, 9.96, 12.0, 19.92))
+    bounds = [0, 50, 100, 250, 300, 500, 740]  # cuts on a joint (12.0 s) and a frame before one (9.96 s)
+    kept = set()
+    for start, end in zip(bounds, bounds[1:] + [len(frames)]):
+        kept |= set(chunk_candidates(frames[start:end], 25.0, 30.0))
+    picks = pick_thumbnails(frames, 25.0, 30.0, bounds)
+    assert {f.n for _, _, f in picks} <= kept
+    chosen = {lo: f.n for lo, _, f in picks}
+    assert chosen[8] == 249 and chosen[12] == 310 and chosen[18] == 499  # 249 and 499 end their chunks
+    assert pick_poster(frames, 25.0, 30.0, bounds).n in kept
+    assert len(kept) < len(frames) / 5
+
+
 def test_demo_gets_every_run_option():
     from transcoder.cli import build_parser
 

@@ -8,10 +8,21 @@ chunk: AAC per chunk adds priming samples at every joint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import ffmpeg
+from . import ffmpeg, thumbnails
 from .models import Chunk, EncoderSettings, Plan, Rung, stable_hash
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkScanFiles:
+    """Where a chunk's encode writes its thumbnail scan: the scores, and every frame as a
+    JPEG of `size` in `pictures` (thumbnails.scan_output_args)."""
+
+    stats: Path
+    pictures: Path
+    size: tuple[int, int]
 
 
 def maxrate_kbps(rung: Rung, plan: Plan) -> int:
@@ -24,9 +35,10 @@ def maxrate_kbps(rung: Rung, plan: Plan) -> int:
     return max(300, round(6000 * (pixels / (1920 * 1080)) ** 0.75 * rate_factor / 50) * 50)
 
 
-def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> str:
+def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None, scan: ChunkScanFiles | None = None) -> str:
     """`-filter_complex` graph: the chunk's frames, shared pre-processing, split, one
-    scaled branch per rung."""
+    scaled branch per rung; with `scan`, the smallest rung's pictures also go on to the
+    thumbnail scan (`[scan]`): shrinking them costs far less than shrinking the source."""
     pre = []
     if chunk is not None and (chunk.start_time is not None or chunk.end_time is not None):
         bounds = [f"start={chunk.start_time:.6f}"] if chunk.start_time is not None else []
@@ -44,10 +56,14 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None) -> 
         pre.append("tpad=stop=-1:stop_mode=clone")
     labels = [f"s{i}" for i in range(len(rungs))]
     head = ",".join(pre + [f"split={len(rungs)}" + "".join(f"[{x}]" for x in labels)])
+    tapped = min(range(len(rungs)), key=lambda i: rungs[i].width * rungs[i].height) if scan else -1
     branches = [
-        f"[{label}]scale={r.width}:{r.height}:flags=bicubic,setsar=1,format={plan.encoder.pix_fmt}[o{i}]"
+        f"[{label}]scale={r.width}:{r.height}:flags=bicubic,setsar=1,format={plan.encoder.pix_fmt}"
+        + (f",split=2[o{i}][tap]" if i == tapped else f"[o{i}]")
         for i, (label, r) in enumerate(zip(labels, rungs))
     ]
+    if scan:
+        branches.append(thumbnails.scan_filter("tap", scan.size, scan.stats, "scan"))
     return ";".join([f"[0:v:0]{head}"] + branches)
 
 
@@ -140,20 +156,24 @@ def x264_args(rung: Rung, plan: Plan, chunk: Chunk | None = None, measure: bool 
 
 
 def chunk_argv(
-    source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int, measure: bool = False
+    source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]], max_pixels: int, measure: bool = False,
+    scan: ChunkScanFiles | None = None,
 ) -> list[str]:
-    """With `measure`, x264 measures PSNR/SSIM and the log is kept at info level (read by quality.x264_stats)."""
+    """With `measure`, x264 measures PSNR/SSIM and the log is kept at info level (read by
+    quality.x264_stats). With `scan`, the thumbnail scan is one more output."""
     rungs = [r for r, _ in outputs]
     # Timestamps stay the source's (-copyts) and ffmpeg's own cut at the seek point is
     # off (-noaccurate_seek): `trim` in the graph cuts, on exact source timestamps.
     log = ffmpeg.INFO_LOG if measure else ["-v", "error"]
     argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", *log, "-y", "-copyts", "-noaccurate_seek",
             *ffmpeg.source_input(source, seek=chunk.seek, max_pixels=max_pixels),
-            "-filter_complex", video_filters(plan, rungs, chunk)]
+            "-filter_complex", video_filters(plan, rungs, chunk, scan)]
     for i, (rung, path) in enumerate(outputs):
         argv += ["-map", f"[o{i}]", "-frames:v", str(chunk.out_frames), "-fps_mode", "passthrough",
                  *video_args(rung, plan, chunk, measure), "-an", "-sn", "-dn", "-map_metadata", "-1",
                  "-f", SEGMENT_FORMAT[rung.codec][0], ffmpeg.file_url(path)]
+    if scan:
+        argv += thumbnails.scan_output_args("scan", chunk.out_frames, scan.pictures)
     return argv
 
 

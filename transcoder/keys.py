@@ -6,6 +6,7 @@
 {video_id}/manifests/facts.json                        (the probe and packet index, for the later stages)
 {video_id}/outputs/{rung}/segments/{profile}-{encoder}/seg_00000-{chunk sha}.ts (.ivf for AV1)
 {video_id}/outputs/audio/{profile}/audio.m4a
+{video_id}/outputs/scans/{profile}/scan_00000-{chunk sha}.json  (each chunk's thumbnail scan)
 {video_id}/cache/...                                   (Prefect result records)
 {video_id}/hls/master.m3u8, {rung}/index.m3u8, {rung}/init.mp4, {rung}/seg_00000.m4s, audio/...
 {video_id}/thumbnails/poster.jpg, sprite_000.jpg, thumbnails.vtt
@@ -41,6 +42,10 @@ def segment(video_id: str, rung: str, profile: str, encoder_version: str, index:
     # everything that decides the bytes is in the key: an object is never replaced by
     # different content (another chunking, another profile, another ffmpeg)
     return f"{video_id}/outputs/{rung}/segments/{profile}-{encoder_version}/seg_{index:05d}-{chunk_sha[:16]}.{ext}"
+
+
+def scan(video_id: str, profile: str, index: int, chunk_sha: str) -> str:
+    return f"{video_id}/outputs/scans/{profile}/scan_{index:05d}-{chunk_sha[:16]}.json"
 
 
 def audio(video_id: str, profile: str) -> str:

@@ -1,18 +1,26 @@
 """A poster and a seek-bar thumbnail strip (sprites + WebVTT), picked from shot starts.
 
-One pass over a small rung (the cheapest to decode) scores every frame: the scene
-change score and the brightness range. A frame is *blank* when it is dark or flat
-(black, a fade, a title card's plain background). Each thumbnail is the first settled
-frame of the last shot that starts in its interval, or the non-blank frame nearest the
-interval's middle; the poster is the most contrasted shot start in the first half of
-the video. Pictures are cut from the renditions in storage through presigned URLs, so
-no rendition is downloaded whole.
+Every frame is scored: the scene change score and the brightness range. A frame is
+*blank* when it is dark or flat (black, a fade, a title card's plain background). Each
+thumbnail is the first settled frame of the last shot that starts in its interval, or the
+non-blank frame nearest the interval's middle; the poster is the most contrasted shot
+start in the first half of the video.
+
+The scoring rides along each chunk's encode (`ChunkScan`): a branch of the smallest
+rung's pictures, shrunk to thumbnail size, scored, and the few frames that can become a
+thumbnail kept as JPEGs. The merge then only joins the chunks' scores (a chunk's first
+frame is scored against the previous chunk's last, `boundary_argv`), picks, and tiles the
+kept pictures: no pass over the video after the last chunk. Chunks encoded without a scan
+(an older version's cache) fall back to one pass over the smallest rendition
+(`scan_argv`, `sprite_argv`), read through presigned URLs.
 """
 
 from __future__ import annotations
 
+import base64
+import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,7 @@ SETTLE_SECONDS = 0.4  # a shot's first frames can be a dissolve: look a little l
 THUMB_BOX = 160  # thumbnails fit in this many pixels, either way
 SPRITE_COLUMNS, SPRITE_ROWS = 10, 10
 MIN_INTERVAL, MAX_THUMBS = 2.0, 120
+SCAN_VERSION = 1  # of ChunkScan's stored form and of what decides its picks
 
 
 @dataclass(frozen=True, slots=True)  # one per frame of the video
@@ -88,37 +97,53 @@ def interval_for(duration: float) -> float:
     return max(MIN_INTERVAL, math.ceil(duration / MAX_THUMBS))
 
 
-def shot_starts(frames: list[FrameStats], fps: float) -> list[FrameStats]:
-    """The settled first frame of every shot (the video's start is a shot start)."""
+def shot_starts(frames: list[FrameStats], fps: float, bounds: Sequence[int] = ()) -> list[FrameStats]:
+    """The settled first frame of every shot (the video's start is a shot start).
+
+    `bounds`: the first frame of each chunk; a shot's settled frame stays in the chunk its
+    cut is in (the chunk's scan keeps it), so a cut just before a chunk's end gives that
+    chunk's last frame."""
     settle = max(1, round(SETTLE_SECONDS * fps))
     cuts = [0] + [f.n for f in frames if f.scene > SCENE_CUT]
     last = len(frames) - 1
-    return [frames[min(c + settle, last)] for c in cuts] if frames else []
+    starts = []
+    for c in cuts:
+        after = bisect.bisect_right(bounds, c)  # the next chunk's first frame, if any
+        end = bounds[after] - 1 if after < len(bounds) else last
+        starts.append(frames[min(c + settle, end, last)])
+    return starts if frames else []
 
 
-def pick_thumbnails(frames: list[FrameStats], fps: float, duration: float) -> list[tuple[float, float, FrameStats]]:
-    """(cue start, cue end, frame) for every interval of the video."""
+def intervals(duration: float) -> list[tuple[float, float]]:
+    """The cues' spans: `interval_for` seconds each; a short tail joins the last cue."""
     interval = interval_for(duration)
-    starts = shot_starts(frames, fps)
+    count = max(1, math.ceil(duration / interval - 0.5))
+    return [(k * interval, duration if k == count - 1 else (k + 1) * interval) for k in range(count)]
+
+
+def nearest_middle(frames: Iterable[FrameStats], lo: float, hi: float) -> FrameStats | None:
+    """The non-blank frame nearest the middle of [lo, hi) (the first of equals), else the nearest."""
+    middle = (lo + hi) / 2
+    inside = [f for f in frames if lo <= f.time < hi]
+    return min(inside, key=lambda f: (f.blank, abs(f.time - middle))) if inside else None
+
+
+def pick_thumbnails(frames: list[FrameStats], fps: float, duration: float,
+                    bounds: Sequence[int] = ()) -> list[tuple[float, float, FrameStats]]:
+    """(cue start, cue end, frame) for every interval of the video."""
+    starts = shot_starts(frames, fps, bounds)
     picks = []
-    count = max(1, math.ceil(duration / interval - 0.5))  # a short tail joins the last cue
-    for k in range(count):
-        lo, hi = k * interval, duration if k == count - 1 else (k + 1) * interval
-        inside = [f for f in frames if lo <= f.time < hi]
-        if not inside:
+    for lo, hi in intervals(duration):
+        fallback = nearest_middle(frames, lo, hi)
+        if fallback is None:
             continue
         shots = [f for f in starts if lo <= f.time < hi and not f.blank]
-        if shots:
-            choice = shots[-1]
-        else:
-            middle = (lo + hi) / 2
-            choice = min(inside, key=lambda f: (f.blank, abs(f.time - middle)))
-        picks.append((lo, hi, choice))
+        picks.append((lo, hi, shots[-1] if shots else fallback))
     return picks
 
 
-def pick_poster(frames: list[FrameStats], fps: float, duration: float) -> FrameStats:
-    candidates = [f for f in shot_starts(frames, fps) if not f.blank and f.time <= duration / 2]
+def pick_poster(frames: list[FrameStats], fps: float, duration: float, bounds: Sequence[int] = ()) -> FrameStats:
+    candidates = [f for f in shot_starts(frames, fps, bounds) if not f.blank and f.time <= duration / 2]
     if candidates:
         return max(candidates, key=lambda f: f.interest)
     # one long shot: the liveliest non-blank frame of the first half, else the middle
@@ -168,3 +193,95 @@ def vtt(picks: list[tuple[float, float, FrameStats]], size: tuple[int, int], spr
 def _clock(seconds: float) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+# ---------------------------------------------------------------- the scan in each chunk's encode
+
+def scan_filter(label: str, size: tuple[int, int], stats_file: Path, out_label: str) -> str:
+    """Filter graph branch: `label`'s pictures at thumbnail size, scored into `stats_file`,
+    on to `out_label` (written as JPEGs, `scan_output_args`). 8-bit, so that the blank test's
+    levels hold for 10-bit rungs too."""
+    return (f"[{label}]scale={size[0]}:{size[1]}:flags=bicubic,setsar=1,format=yuv420p,select='gte(scene\\,0)',"
+            f"signalstats,metadata=mode=print:file={stats_file.resolve()}[{out_label}]")
+
+
+def scan_output_args(label: str, frames: int, pictures: Path) -> list[str]:
+    """Every frame of the branch as a small JPEG, numbered from 0 (few are kept)."""
+    return ["-map", f"[{label}]", "-frames:v", str(frames), "-fps_mode", "passthrough", "-q:v", "2",
+            "-start_number", "0", "-f", "image2", str(pictures / "thumb_%05d.jpg")]
+
+
+def chunk_candidates(frames: list[FrameStats], fps: float, duration: float) -> list[int]:
+    """The frames of one chunk (global numbers) that `pick_thumbnails` over the whole video
+    can choose, whatever the other chunks hold: every settled shot start (the chunk's first
+    frame may start a shot: that is decided at the merge), each cue's best frame inside this
+    chunk, and the first and last frames, which score the joints."""
+    if not frames:
+        return []
+    settle = max(1, round(SETTLE_SECONDS * fps))
+    cuts = [0] + [i for i, f in enumerate(frames) if f.scene > SCENE_CUT]
+    chosen = {frames[0].n, frames[-1].n} | {frames[min(i + settle, len(frames) - 1)].n for i in cuts}
+    for lo, hi in intervals(duration):
+        if hi > frames[0].time and lo <= frames[-1].time:
+            best = nearest_middle(frames, lo, hi)
+            if best is not None:
+                chosen.add(best.n)
+    return sorted(chosen)
+
+
+def chunk_scan(stats_file: Path, pictures: Path, out_start: int, out_frames: int, fps: float,
+               duration: float) -> dict:
+    """The stored form of one chunk's scan: each frame's scores, and the candidates' JPEGs."""
+    with stats_file.open() as lines:
+        local = parse_scan(lines)[:out_frames]  # a padded stream may print a frame past the last
+    if len(local) != out_frames:
+        raise ValueError(f"the scan has {len(local)} frames, the chunk {out_frames}")
+    frames = [FrameStats(n=out_start + f.n, time=(out_start + f.n) / fps, scene=f.scene, luma_avg=f.luma_avg,
+                         luma_low=f.luma_low, luma_high=f.luma_high, saturation=f.saturation) for f in local]
+    kept = {str(n): base64.b64encode((pictures / f"thumb_{n - out_start:05d}.jpg").read_bytes()).decode()
+            for n in chunk_candidates(frames, fps, duration)}
+    return {"version": SCAN_VERSION, "out_start": out_start,
+            "frames": [[round(f.scene, 5), f.luma_avg, f.luma_low, f.luma_high, f.saturation] for f in local],
+            "pictures": kept}
+
+
+def scan_frames(scan: dict, fps: float) -> list[FrameStats]:
+    start = scan["out_start"]
+    return [FrameStats(n=start + i, time=(start + i) / fps, scene=row[0], luma_avg=row[1], luma_low=row[2],
+                       luma_high=row[3], saturation=row[4]) for i, row in enumerate(scan["frames"])]
+
+
+def joint_pictures(scans: list[dict], folder: Path) -> int:
+    """For each joint, the previous chunk's last picture twice, then the next chunk's first
+    (j_00000.jpg, ...): ffmpeg's scene score of that third frame is the joint's (the
+    repeated frame makes the previous difference zero, as within a still shot)."""
+    written = 0
+    for before, after in zip(scans, scans[1:]):
+        last = str(before["out_start"] + len(before["frames"]) - 1)
+        first = str(after["out_start"])
+        for name in (last, last, first):
+            source = before if name == last else after
+            (folder / f"j_{written:05d}.jpg").write_bytes(base64.b64decode(source["pictures"][name]))
+            written += 1
+    return written
+
+
+def joints_argv(folder: Path, stats_file: Path) -> list[str]:
+    graph = f"select='gte(scene\\,0)',metadata=mode=print:file={stats_file.resolve()}"
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-f", "image2", "-framerate", "25",
+            "-start_number", "0", "-i", str(folder / "j_%05d.jpg"), "-vf", graph, "-f", "null", "-"]
+
+
+def joint_scores(stats_file: Path) -> list[float]:
+    """The scene score of each joint, in order, from `joints_argv`'s stats."""
+    with stats_file.open() as lines:
+        frames = parse_scan(lines)
+    return [f.scene for f in frames[2::3]]
+
+
+def tile_argv(folder: Path, out_pattern: Path) -> list[str]:
+    """The picked pictures (p_00000.jpg, ...) tiled 10x10 per sprite."""
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "image2", "-framerate", "25",
+            "-start_number", "0", "-i", str(folder / "p_%05d.jpg"), "-vf",
+            f"setsar=1,tile={SPRITE_COLUMNS}x{SPRITE_ROWS}", "-fps_mode", "passthrough", "-q:v", "4",
+            "-f", "image2", str(out_pattern)]

@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
-from . import encode, ffmpeg, keys
+from . import encode, ffmpeg, keys, thumbnails
 from .errors import DiskFullError, FFmpegError, VerificationError
 from .ingest import sha256_file
-from .models import Chunk, Plan, Quality, Rung, Segment
+from .models import Chunk, Plan, Quality, Rung, Segment, stable_hash
 from .quality import measure_outputs
 from .settings import Settings
 from .storage import Storage
 from .verify import decoded_frames, packet_frames
 from .workspace import out_of_space
+
+
+log = logging.getLogger(__name__)
+
+
+def thumb_size(plan: Plan) -> tuple[int, int]:
+    """Thumbnails are the smallest rung's shape at thumbnail size."""
+    small = min(plan.rungs, key=lambda r: r.width * r.height)
+    return thumbnails.thumb_size(small.width, small.height)
+
+
+def scan_key(plan: Plan, chunk: Chunk) -> str:
+    # what decides the scores and which frames are kept: the frames (chunk sha256, where
+    # they sit), their size and rate, and the cues (from the duration)
+    profile = stable_hash({"version": thumbnails.SCAN_VERSION, "size": thumb_size(plan), "duration": plan.duration,
+                           "fps": f"{plan.fps_num}/{plan.fps_den}", "start": chunk.out_start,
+                           "frames": chunk.out_frames, **plan.filters_fingerprint()})[:16]
+    return keys.scan(plan.video_id, profile, chunk.index, chunk.sha256)
 
 
 def segment_key(plan: Plan, rung: Rung, chunk: Chunk) -> str:
@@ -41,13 +61,19 @@ def chunk_timeout(plan: Plan, chunk: Chunk, settings: Settings) -> float:
 
 
 def encode_chunk(source: Path | str, plan: Plan, chunk: Chunk, rungs: list[Rung], storage: Storage,
-                 settings: Settings, scratch: Path) -> list[Segment]:
+                 settings: Settings, scratch: Path, scan: bool = False) -> list[Segment]:
     """One ffmpeg: decode the chunk once, write each rung; check each whole (frames,
-    decoding, PSNR/SSIM), upload. `source`: a local file or a presigned link to it."""
+    decoding, PSNR/SSIM), upload. `source`: a local file or a presigned link to it.
+    `scan`: the same ffmpeg scores the chunk's frames for the thumbnails (stored first:
+    a chunk whose segments are stored has its scan, unless storing the scan failed)."""
     scratch.mkdir(parents=True, exist_ok=True)
     outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.segment_ext(r)}") for r in rungs]
     measure = settings.quality_metrics
-    argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure)
+    files = None
+    if scan:
+        files = encode.ChunkScanFiles(stats=scratch / "scan.txt", pictures=scratch / "scan", size=thumb_size(plan))
+        files.pictures.mkdir()
+    argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure, files)
     timeout = chunk_timeout(plan, chunk, settings)
     try:
         try:
@@ -56,6 +82,8 @@ def encode_chunk(source: Path | str, plan: Plan, chunk: Chunk, rungs: list[Rung]
             if out_of_space(scratch):
                 raise DiskFullError(f"transcode chunk {chunk.name}") from None
             raise
+        if files is not None:
+            _store_scan(files, plan, chunk, storage)
         segments = []
         for (rung, path), quality in zip(outputs, qualities):
             sha = sha256_file(path)
@@ -72,6 +100,18 @@ def encode_chunk(source: Path | str, plan: Plan, chunk: Chunk, rungs: list[Rung]
         return segments
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _store_scan(files: encode.ChunkScanFiles, plan: Plan, chunk: Chunk, storage: Storage) -> None:
+    """Keep the chunk's scan; without it the merge scans the smallest rendition instead, so
+    a scan that cannot be read or stored costs time there, never the chunk."""
+    try:
+        scan = thumbnails.chunk_scan(files.stats, files.pictures, chunk.out_start, chunk.out_frames, float(plan.fps),
+                                     plan.duration)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("chunk %s: no thumbnail scan kept (%s)", chunk.name, exc)
+        return
+    storage.put_text(scan_key(plan, chunk), json.dumps(scan, separators=(",", ":")), "application/json")
 
 
 def _encode_and_check(argv: list[str], source: Path | str, plan: Plan, chunk: Chunk, outputs: list[tuple[Rung, Path]],
