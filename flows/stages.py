@@ -214,29 +214,32 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
             ready[rung.name] = rendition.model_copy(update={"ready_seconds": round(time.time() - started_at, 3)})
         return ready[rung.name]
 
-    # Smallest rung first: the thumbnails are cut from it and start as soon as it is
-    # published, beside the other rungs' assembly; the largest next, for the poster. On
-    # the flow's task runner, as many at once as it has cores: every rung at once on two
-    # cores starved the thumbnails, the longest path (merge 10.6 s against 5.8, measured).
+    # Every rung's assembly at once, smallest first, beside the pictures and the audio's
+    # package, on a runner of the merge's own: the assemblies mostly wait on storage and
+    # on ffmpeg stream copies, and since the thumbnails no longer decode anything (the
+    # chunks' encodes scored the frames), nothing here needs a core to itself. The
+    # thumbnails start when the smallest rung is published, the poster when the largest is.
     by_area = sorted(plan.rungs, key=lambda r: r.width * r.height)
-    first_two = [by_area[0]] + ([by_area[-1]] if len(by_area) > 1 else [])
-    futures_by_rung = {r.name: assemble.submit(plan, r, segments[r.name], audio) for r in first_two}
-    pictures = poster = None
-    if streaming:
-        pictures = make_thumbnails.with_options(result_storage=results).submit(plan, assembled(by_area[0]))
-    futures_by_rung.update({r.name: assemble.submit(plan, r, segments[r.name], audio) for r in by_area[1:-1]})
-    audio_hls = (package_audio.with_options(result_storage=results).submit(plan, audio)
-                 if audio and streaming else None)
-    if streaming:
-        poster = cut_poster.with_options(result_storage=results).submit(plan, assembled(by_area[-1]), pictures)
-    renditions = []
-    for i, rung in enumerate(plan.rungs):
-        renditions.append(assembled(rung).model_copy(update={"quality": rung_quality(segments[rung.name]),
-                                                             "cached_chunks": cached_by_rung[rung.name]}))
-        progress(logger, "assemble", i + 1, len(plan.rungs))
-    master = write_master(plan, renditions, audio_hls.result() if audio_hls else None) if streaming else None
-    if poster is not None:
-        poster.result()  # in place before the report names it
+    with ThreadPoolTaskRunner(max_workers=len(plan.rungs) + 3) as merging:
+        futures_by_rung = {r.name: merging.submit(assemble, {"plan": plan, "rung": r, "segments": segments[r.name],
+                                                             "audio": audio}) for r in by_area}
+        audio_hls = (merging.submit(package_audio.with_options(result_storage=results), {"plan": plan, "audio": audio})
+                     if audio and streaming else None)
+        pictures = poster = None
+        if streaming:
+            pictures = merging.submit(make_thumbnails.with_options(result_storage=results),
+                                      {"plan": plan, "small": assembled(by_area[0])})
+            poster = merging.submit(cut_poster.with_options(result_storage=results),
+                                    {"plan": plan, "top": assembled(by_area[-1]), "pictures": pictures})
+        renditions = []
+        for i, rung in enumerate(plan.rungs):
+            renditions.append(assembled(rung).model_copy(update={"quality": rung_quality(segments[rung.name]),
+                                                                 "cached_chunks": cached_by_rung[rung.name]}))
+            progress(logger, "assemble", i + 1, len(plan.rungs))
+        master = write_master(plan, renditions, audio_hls.result() if audio_hls else None) if streaming else None
+        if poster is not None:
+            poster.result()  # in place before the report names it
+        thumbs = pictures.result() if pictures else None
 
     encoder = plan.encoder
     total = len(plan.chunks) * len(plan.rungs)
@@ -256,7 +259,7 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
         report_key=keys.report(source.video_id),
         manifest_key=keys.manifest(source.video_id),
         hls_master_key=master,
-        thumbnails=pictures.result() if pictures else None,
+        thumbnails=thumbs,
         wall_seconds=round(time.time() - started_at, 3),
     )
     publish_report(result, source, probe, plan)

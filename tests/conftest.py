@@ -87,6 +87,8 @@ def _engine(s3_server, data_dir, monkeypatch):
     forget_buckets()
     save_blocks(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, settings)
     yield Engine(s3=s3_server.client(), bucket=name, settings=settings)
+    # the environment back first, so that a module's engine is what the settings read again
+    monkeypatch.undo()
     reload_settings()
     forget_buckets()
     drop_bucket(s3_server.client(), name)
