@@ -28,7 +28,7 @@ from tasks.hls import package_audio, write_master
 from tasks.ingest import ingest_source, store_source_object
 from tasks.plan import plan_transcode
 from tasks.player import publish_player
-from tasks.probe import probe_source, read_source
+from tasks.probe import probe_source
 from tasks.report import cleanup, publish_report
 from tasks.thumbnails import cut_poster, make_thumbnails
 from tasks.transcode import transcode_chunk
@@ -49,21 +49,21 @@ def progress(logger, stage: str, done: int, total: int) -> None:
 @flow(name="download-source", validate_parameters=True)
 def download_source(origin: str) -> SourceObject:
     """Fetch and hash the source, and keep the original at `{video_id}/source/`: every
-    later stage, on any machine, reads it from there. While it uploads, the probe and the
-    packet index are read from this machine's copy and kept (transcoder/facts.py)."""
+    later stage, on any machine, reads it from there. While it is hashed, the probe and
+    the packet index are read from this machine's copy and kept (transcoder/facts.py)."""
     src, stored = begin_download(origin)
     stored.result()
     return src
 
 
 def begin_download(origin: str, uploads: TaskRunner | None = None) -> tuple[SourceObject, PrefectFuture]:
-    """Ingest and hash the source, start keeping the original, and read its facts beside
-    the upload. Returns when the facts are kept, with the upload's future: the caller
-    decides how long the upload may run on (mode "local" encodes from this machine's copy
-    meanwhile). `uploads`: the task runner the upload runs on (the flow's when None)."""
+    """Ingest and hash the source (its facts read and kept beside the hash: one that is not
+    a usable video is refused before anything is stored), and start keeping the original.
+    Returns the upload's future: the caller decides how long the upload may run on (mode
+    "local" encodes from this machine's copy meanwhile). `uploads`: the task runner the
+    upload runs on (the flow's when None)."""
     src = ingest_source(origin)
     stored = uploads.submit(store_source_object, {"source": src}) if uploads else store_source_object.submit(src)
-    read_source.submit(src).result()  # a source that is not a usable video is refused now, its upload or not
     return src, stored
 
 

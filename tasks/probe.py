@@ -3,20 +3,12 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from transcoder.facts import keep_facts, read_facts, source_facts
+from transcoder.facts import source_facts
 from transcoder.models import Probe, SourceObject
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
 
 from .common import retry_transient
-
-
-@task(name="read-source", retries=1, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def read_source(source: SourceObject) -> None:
-    """Probe and index the source on the machine that ingested it (beside its upload), and
-    keep both for the metadata and split stages: they need not download it again."""
-    settings, storage = get_settings(), Storage()
-    keep_facts(source, read_facts(source, storage, settings), storage, settings)
 
 
 @task(name="probe", retries=1, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)

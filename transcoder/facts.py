@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 from . import keys
 from .ingest import ensure_local
@@ -39,7 +40,11 @@ class SourceFacts:
 
 def read_facts(source: SourceObject, storage: Storage, settings: Settings) -> SourceFacts:
     """Probe and index the source (from this machine's copy, downloaded if it has none)."""
-    path = ensure_local(source, storage, settings)
+    return facts_of(ensure_local(source, storage, settings), settings)
+
+
+def facts_of(path: Path, settings: Settings) -> SourceFacts:
+    """Probe and index a file (a `BadInputError` if it is not a usable video)."""
     return SourceFacts(probe=probe(path, settings), index=frame_index(path, settings))
 
 
