@@ -1,12 +1,13 @@
 """Scaling: where a run's time goes, and a model of 1-64 transcode workers built from it.
 
-    .venv/bin/python benchmarks/bench_scaling.py [--seconds 60] [--height 1080] [--short 20] [--model-seconds 600]
+    .venv/bin/python benchmarks/bench_scaling.py [--seconds 60] [--height 1080] [--other 180] [--model-seconds 600]
 
 Without a many-core machine, the speedup beyond the cores here is modelled, not claimed.
 Measured on this machine, on the local stack, every run cold (a content-unique copy):
   - the run at 1 worker (one core: `taskset -c 0`, TRANSCODE_MAX_WORKERS=1) and at as many
-    workers as cores; a `--short` input at full width, to split each serial stage into a fixed
-    part and a part per second of video;
+    workers as cores; an `--other` length at as many workers as cores, to split each serial stage
+    into a fixed part and a part per second of video (a longer one: the 10-minute model
+    extrapolates from these two points, and a 20 s point put the merge's slope 36% low);
   - the check: as many workers as `--check-workers` on the same cores (each gets cores/N of a
     core, as CPU-limited workers would), against what the model says for that;
   - per stage, from the run's task runs on the Prefect server: before the first chunk
@@ -186,9 +187,9 @@ def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_
     return rows
 
 
-def linear(short: tuple[float, float], long: tuple[float, float]) -> tuple[float, float]:
+def linear(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     """(fixed, per second) through two (seconds, value) points; never negative."""
-    (s1, v1), (s2, v2) = short, long
+    (s1, v1), (s2, v2) = a, b
     per = max(0.0, (v2 - v1) / (s2 - s1))
     return max(0.0, v1 - per * s1), per
 
@@ -196,7 +197,9 @@ def linear(short: tuple[float, float], long: tuple[float, float]) -> tuple[float
 def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, model_seconds: float) -> dict:
     """The fit and the model from the measured runs (`python bench_scaling.py --analyse FILE` redoes it)."""
     s3_mb_s = s3["download_mb_s"]  # workers read the source; one S3 server serves them all
-    one, full, check, shorter = runs["one-core"], runs["all-cores"], runs["check"], runs["short"]
+    one, full, check = runs["one-core"], runs["all-cores"], runs["check"]
+    other = runs.get("other") or runs["short"]  # results files before 2026-11-29's second session
+    other_seconds = inp.get("other_seconds", inp.get("short_seconds"))
     # A worker is a machine's core of its own: a chunk's encode as the one-core run measured it
     # (alone on CPU 0). The runs on all cores are the checks: `cores` workers side by side on
     # one machine share its memory bandwidth and caches, which separate machines do not.
@@ -205,8 +208,8 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
     # per task: the gap between tasks plus, averaged over all tasks, the sibling tasks' own time
     gap = full["stages"]["task_gap_mean"] + full["stages"]["other_rung_tasks_mean"] * (tasks_per_chunk - 1) / tasks_per_chunk
     source_mb = inp["source_mb"]
-    pre = linear((inp["short_seconds"], shorter["stages"]["pre"]), (inp["seconds"], full["stages"]["pre"]))
-    post = linear((inp["short_seconds"], shorter["stages"]["post"]), (inp["seconds"], full["stages"]["post"]))
+    pre = linear((other_seconds, other["stages"]["pre"]), (inp["seconds"], full["stages"]["pre"]))
+    post = linear((other_seconds, other["stages"]["post"]), (inp["seconds"], full["stages"]["post"]))
 
     def at(seconds: float, counts=COUNTS, fetch: str = "ranges", local: bool = False) -> list[dict]:
         """`local`: as the measured runs (mode "local": no wait for the upload); else the
@@ -251,7 +254,8 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
 
 def main() -> None:
     parser = input_args(__doc__.splitlines()[0])
-    parser.add_argument("--short", type=float, default=20, help="a shorter input, for fixed vs per-second costs")
+    parser.add_argument("--other", type=float, default=180,
+                        help="a second length, for fixed vs per-second costs (longer extrapolates better)")
     parser.add_argument("--check-workers", type=int, default=8)
     parser.add_argument("--model-seconds", type=float, default=600, help="the video length to model")
     parser.add_argument("--analyse", type=Path, help="run nothing: redo the fit and model of a results file")
@@ -270,15 +274,15 @@ def main() -> None:
     cores = os.cpu_count() or 1
     pids = stack_pids()
     base = make_input(out.parent, args.seconds, args.height)
-    short = make_input(out.parent, args.short, args.height)
+    other = make_input(out.parent, args.other, args.height)
 
     runs = {}
     for label, src, workers, cpus in (("one-core", base, 1, "0"), ("all-cores", base, cores, None),
-                                      ("check", base, args.check_workers, None), ("short", short, cores, None)):
+                                      ("check", base, args.check_workers, None), ("other", other, cores, None)):
         print(f"{label}: {workers} workers{' on CPU ' + cpus if cpus else ''} ...", file=sys.stderr)
         runs[label] = timed_run(unique_copy(src, out), pids, workers, cpus)
     s3 = s3_throughput(out)
-    results = analyse(runs, s3, {"seconds": args.seconds, "height": args.height, "short_seconds": args.short,
+    results = analyse(runs, s3, {"seconds": args.seconds, "height": args.height, "other_seconds": args.other,
                                  "ladder": LADDER, "source_mb": base.stat().st_size / 2**20},
                       cores, args.check_workers, args.model_seconds)
     results["benchmark_seconds"] = time.perf_counter() - started
