@@ -175,3 +175,11 @@ def test_thumbnails_come_from_the_chunks_own_scans(finished, tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").glob("sprite_*.jpg")) == ["sprite_001.jpg"]
     w, h = thumb_size(256, 144)
     assert brightness(tmp_path / "a" / "sprite_001.jpg", f"{w}:{h}:{w}:0") > 40  # the cue of 2-4 s
+    # a chunk without its scan (an older version's cache): the merge scans the rendition instead
+    engine.s3.delete_object(Bucket=engine.bucket, Key=scans[-1])
+
+    @flow
+    def with_a_scan_missing():
+        return _from_chunk_scans(plan, Storage(), tmp_path, 60)
+
+    assert with_a_scan_missing() is None

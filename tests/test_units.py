@@ -266,15 +266,17 @@ def test_maxrate_scales_with_pixels():
 def test_source_hash_is_remembered_until_the_file_changes(tmp_path):
     import hashlib
 
-    from transcoder.ingest import sha256_local
+    from transcoder.ingest import remembered_sha256, sha256_local
     from transcoder.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data")
     f = tmp_path / "v.bin"
     f.write_bytes(b"a" * 1000)
-    assert sha256_local(f, settings) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert remembered_sha256(f, settings) is None  # `transcode run` hashes it beside importing Prefect
+    assert sha256_local(f, settings) == hashlib.sha256(b"a" * 1000).hexdigest() == remembered_sha256(f, settings)
     assert len(list((tmp_path / "data" / "hash-cache").iterdir())) == 1
     f.write_bytes(b"b" * 1000)  # same size, rewritten in place
+    assert remembered_sha256(f, settings) is None
     assert sha256_local(f, settings) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -47,21 +48,32 @@ def sha256_local(path: Path, settings: Settings) -> str:
     is what git's index trusts: device, inode, size, and modification and change times
     in nanoseconds (any write changes the change time).
     """
-    st = path.stat()
-    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    entry = settings.data_dir / "hash-cache" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-    try:
-        remembered, _, sha = entry.read_text().partition(" ")
-        if remembered == stamp and len(sha) == 64:
-            return sha
-    except OSError:
-        pass
+    sha = remembered_sha256(path, settings)
+    if sha is not None:
+        return sha
+    entry, stamp = _hash_entry(path, settings)  # before reading: a write meanwhile changes it
     sha = sha256_file(path)
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(f"{stamp} {sha}")
     os.replace(tmp, entry)
     return sha
+
+
+def remembered_sha256(path: Path, settings: Settings) -> str | None:
+    """The sha256 `sha256_local` remembered for this file as it is now, else None."""
+    entry, stamp = _hash_entry(path, settings)
+    try:
+        remembered, _, sha = entry.read_text().partition(" ")
+    except OSError:
+        return None
+    return sha if remembered == stamp and len(sha) == 64 else None
+
+
+def _hash_entry(path: Path, settings: Settings) -> tuple[Path, str]:
+    st = path.stat()
+    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return settings.data_dir / "hash-cache" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32], stamp
 
 
 def safe_ext(name: str) -> str:
