@@ -266,7 +266,9 @@ def test_maxrate_scales_with_pixels():
 def test_source_hash_is_remembered_until_the_file_changes(tmp_path):
     import hashlib
 
-    from transcoder.ingest import remembered_sha256, sha256_local
+    import os
+
+    from transcoder.ingest import remembered_sha256, restamp, sha256_local
     from transcoder.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data")
@@ -275,7 +277,13 @@ def test_source_hash_is_remembered_until_the_file_changes(tmp_path):
     assert remembered_sha256(f, settings) is None  # `transcode run` hashes it beside importing Prefect
     assert sha256_local(f, settings) == hashlib.sha256(b"a" * 1000).hexdigest() == remembered_sha256(f, settings)
     assert len(list((tmp_path / "data" / "hash-cache").iterdir())) == 1
-    f.write_bytes(b"b" * 1000)  # same size, rewritten in place
+    os.link(f, tmp_path / "copy.bin")  # the ingest's local copy: the inode's change time moves
+    assert remembered_sha256(f, settings) is None
+    restamp(f, settings)
+    assert remembered_sha256(f, settings) == hashlib.sha256(b"a" * 1000).hexdigest()
+    f.write_bytes(b"b" * 1000)  # same size, rewritten in place (a second later: clocks are coarse)
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    restamp(f, settings)  # not taken for a link: the modification time moved too
     assert remembered_sha256(f, settings) is None
     assert sha256_local(f, settings) == hashlib.sha256(b"b" * 1000).hexdigest()
 

@@ -70,6 +70,21 @@ def remembered_sha256(path: Path, settings: Settings) -> str | None:
     return sha if remembered == stamp and len(sha) == 64 else None
 
 
+def restamp(path: Path, settings: Settings) -> None:
+    """Keep the remembered sha256 of a file whose change time moved with its contents
+    untouched: a hard link to it (the ingest's local copy) counts as a change of the inode.
+    Only when device, inode, size and modification time are still the ones hashed."""
+    entry, stamp = _hash_entry(path, settings)
+    try:
+        remembered, _, sha = entry.read_text().partition(" ")
+    except OSError:
+        return
+    if remembered.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0] and remembered != stamp and len(sha) == 64:
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(f"{stamp} {sha}")
+        os.replace(tmp, entry)
+
+
 def _hash_entry(path: Path, settings: Settings) -> tuple[Path, str]:
     st = path.stat()
     stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
@@ -120,6 +135,8 @@ def ingest(origin: str, storage: Storage, settings: Settings,
         if not (local.exists() and local.stat().st_size == size):
             local.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(path, local)
+            if local_origin:  # the link moved the user's file's change time: not a change
+                restamp(path, settings)
         return SourceObject(video_id=video_id, key=key, sha256=sha, size=size, ext=ext, origin=origin), local, read_back
     finally:
         shutil.rmtree(staging, ignore_errors=True)
