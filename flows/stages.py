@@ -265,5 +265,5 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
     publish_report(result, source, probe, plan)
     if streaming:  # last: the page links to everything above
         result = result.model_copy(update={"player_url": publish_player(source.video_id, title, result.thumbnails)})
-    cleanup(source.video_id)
+    cleanup(source.video_id, source.origin)
     return result

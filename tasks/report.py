@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from transcoder import keys
+from transcoder.ingest import restamp
 from transcoder.models import Plan, Probe, SourceObject, TranscodeResult
 from transcoder.settings import get_settings
 from transcoder.storage import Storage
@@ -74,8 +77,13 @@ def publish_report(result: TranscodeResult, source: SourceObject, probe: Probe, 
 
 
 @task(name="cleanup", cache_policy=NO_CACHE)
-def cleanup(video_id: str) -> int:
-    """Delete split intermediates (if any were written) and this machine's scratch files."""
+def cleanup(video_id: str, origin: str | None = None) -> int:
+    """Delete split intermediates (if any were written) and this machine's scratch files.
+    `origin`: the user's file, when the source was one: unlinking this machine's copy of it
+    (a hard link) moved its change time, which is not a change of its contents."""
+    settings = get_settings()
     removed = Storage().delete_prefix(keys.chunks_prefix(video_id))
-    remove_scratch(get_settings(), video_id)
+    remove_scratch(settings, video_id)
+    if origin and "://" not in origin:
+        restamp(Path(origin).expanduser(), settings)
     return removed

@@ -210,6 +210,10 @@ def test_rerun_of_a_finished_video_is_answered_from_storage(engine, media, tmp_p
 
     first = run()
     assert not first["reused"] and first["transcoded"] == first["chunks"] * 2
+    # the run's hard link to the file, made and removed, left its remembered hash valid:
+    # the rerun's check reads none of its bytes
+    from transcoder.ingest import remembered_sha256
+    assert remembered_sha256(src, engine.settings) is not None
     before = flow_runs()
     again = run()
     assert again["reused"] and again["transcoded"] == 0 and flow_runs() == before  # no flow run at all

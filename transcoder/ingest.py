@@ -74,8 +74,8 @@ def restamp(path: Path, settings: Settings) -> None:
     """Keep the remembered sha256 of a file whose change time moved with its contents
     untouched: a hard link to it (the ingest's local copy) counts as a change of the inode.
     Only when device, inode, size and modification time are still the ones hashed."""
-    entry, stamp = _hash_entry(path, settings)
     try:
+        entry, stamp = _hash_entry(path, settings)
         remembered, _, sha = entry.read_text().partition(" ")
     except OSError:
         return
