@@ -6,11 +6,11 @@ thumbnail is the first settled frame of the last shot that starts in its interva
 non-blank frame nearest the interval's middle; the poster is the most contrasted shot
 start in the first half of the video.
 
-The scoring rides along each chunk's encode (`ChunkScan`): a branch of the smallest
-rung's pictures, shrunk to thumbnail size, scored, and the few frames that can become a
-thumbnail kept as JPEGs. The merge then only joins the chunks' scores (a chunk's first
-frame is scored against the previous chunk's last, `boundary_argv`), picks, and tiles the
-kept pictures: no pass over the video after the last chunk. Chunks encoded without a scan
+The scoring rides along each chunk's encode (`scan_filter`, `chunk_scan`): a branch of the
+smallest rung's pictures, shrunk to thumbnail size, scored, and the few frames that can
+become a thumbnail kept as JPEGs. The merge then only joins the chunks' scores (a chunk's
+first frame is scored against the previous chunk's last, `joints_argv`), picks, and tiles
+the kept pictures (`tile_argv`): no pass over the video after the last chunk. Chunks encoded without a scan
 (an older version's cache) fall back to one pass over the smallest rendition
 (`scan_argv`, `sprite_argv`), read through presigned URLs.
 """
