@@ -336,5 +336,24 @@ class _ProgressPrinter(logging.Handler):
             self.open_line = False
 
 
+def entry() -> None:
+    """The `transcode` command: `main`, then out without the interpreter's teardown.
+
+    Unloading Prefect and everything it imported took about a second after the result was
+    printed (a 2 s clip: 4.6 s to the result, 5.7 s to the exit, measured). Other threads
+    are joined and the atexit handlers run first (Prefect drains its log and event workers
+    there; logging flushes), then the output streams are flushed."""
+    rc = main()
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
