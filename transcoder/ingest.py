@@ -53,21 +53,15 @@ def sha256_local(path: Path, settings: Settings) -> str:
         return sha
     entry, stamp = _hash_entry(path, settings)  # before reading: a write meanwhile changes it
     sha = sha256_file(path)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(f"{stamp} {sha}")
-    os.replace(tmp, entry)
+    _remember(entry, stamp, sha)
     return sha
 
 
 def remembered_sha256(path: Path, settings: Settings) -> str | None:
     """The sha256 `sha256_local` remembered for this file as it is now, else None."""
     entry, stamp = _hash_entry(path, settings)
-    try:
-        remembered, _, sha = entry.read_text().partition(" ")
-    except OSError:
-        return None
-    return sha if remembered == stamp and len(sha) == 64 else None
+    remembered, sha = _read_entry(entry)
+    return sha if remembered == stamp else None
 
 
 def restamp(path: Path, settings: Settings) -> None:
@@ -76,13 +70,27 @@ def restamp(path: Path, settings: Settings) -> None:
     Only when device, inode, size and modification time are still the ones hashed."""
     try:
         entry, stamp = _hash_entry(path, settings)
-        remembered, _, sha = entry.read_text().partition(" ")
     except OSError:
         return
-    if remembered.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0] and remembered != stamp and len(sha) == 64:
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(f"{stamp} {sha}")
-        os.replace(tmp, entry)
+    remembered, sha = _read_entry(entry)
+    if sha and remembered != stamp and remembered.rsplit(":", 1)[0] == stamp.rsplit(":", 1)[0]:
+        _remember(entry, stamp, sha)
+
+
+def _read_entry(entry: Path) -> tuple[str, str | None]:
+    """(stamp, sha256) of a remembered hash; ("", None) when there is none."""
+    try:
+        remembered, _, sha = entry.read_text().partition(" ")
+    except OSError:
+        return "", None
+    return (remembered, sha) if len(sha) == 64 else ("", None)
+
+
+def _remember(entry: Path, stamp: str, sha: str) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(f"{stamp} {sha}")
+    os.replace(tmp, entry)
 
 
 def _hash_entry(path: Path, settings: Settings) -> tuple[Path, str]:
