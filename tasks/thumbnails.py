@@ -14,7 +14,7 @@ from transcoder import ffmpeg, keys, thumbnails
 from transcoder.models import Plan, Rendition, Thumbnails, stable_hash
 from transcoder.settings import get_settings
 from transcoder.storage import Storage, in_parallel
-from transcoder.transcode import scan_key
+from transcoder.transcode import scan_key, thumb_size
 from transcoder.workspace import scratch_dir
 
 from .common import retry_transient
@@ -47,7 +47,7 @@ def make_thumbnails(plan: Plan, small: Rendition) -> Thumbnails:
     storage = Storage()
     timeout = max(settings.ffmpeg_min_timeout, plan.duration * 2)
     scratch = scratch_dir(settings, plan.video_id, "thumbnails")
-    size = thumbnails.thumb_size(small.width, small.height)
+    size = thumb_size(plan)  # the size the chunks' scans cut their pictures at
     try:
         chosen = _from_chunk_scans(plan, storage, scratch, timeout)
         if chosen is None:

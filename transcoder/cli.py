@@ -174,13 +174,12 @@ def _run(args: argparse.Namespace) -> int:
         ui = state.prefect_url.removesuffix("/api")
     else:
         ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or None
-    hashing = None
     if unhashed is not None:
         hashing = threading.Thread(target=_remember_hash, args=(unhashed,), name="hash-beside-import", daemon=True)
         hashing.start()
     from flows.transcode import PROGRESS_EVENT, transcode_video
 
-    if hashing is not None:
+    if unhashed is not None:
         hashing.join()
         reused = _reused(args)  # the same bytes may have been finished under another name
         if reused is not None:
