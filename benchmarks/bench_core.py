@@ -207,7 +207,7 @@ def engine_plan(result: dict) -> Plan:
         rungs=tuple(Rung(name=r["name"], width=r["width"], height=r["height"]) for r in result["renditions"]),
         fps_num=fps_num, fps_den=fps_den, vfr=False, deinterlace=False,
         gop_frames=enc["gop_frames"], total_frames=result["renditions"][0]["frames"],
-        has_audio=True, video_start=0.0,
+        has_audio=True, video_start=0.0,  # no source size: every rung scaled straight from the source
         encoder=EncoderSettings(codec=enc["codec"], preset=enc["preset"], crf=enc["crf"], profile=enc["profile"],
                                 pix_fmt=enc["pix_fmt"], audio_bitrate_kbps=enc["audio_bitrate_kbps"],
                                 threads=get_settings().x264_threads),  # not in the JSON; same source as the engine

@@ -26,6 +26,7 @@ from tasks.player import export_player
 from transcoder import keys
 from transcoder.errors import BadInputError
 from transcoder.ladder import check_codec, parse_rungs
+from transcoder.plan import chunk_length
 from transcoder.models import EncoderSettings, Plan, TranscodeResult
 from transcoder.reuse import fingerprint, record_finished
 from transcoder.settings import get_settings
@@ -114,7 +115,7 @@ def transcode_video(
         probe = stages.run(probe_video, source=src)
         plan = stages.run(split_video, source=src, probe=probe, rungs=rungs, encoder=encoder,
                           gop_seconds=gop_seconds or settings.gop_seconds,
-                          chunk_seconds=chunk_seconds or settings.chunk_seconds)
+                          chunk_seconds=chunk_length(chunk_seconds, settings, mode, probe.duration))
 
         groups = batches(plan, mode, batch_chunks or settings.batch_chunks)
         if mode == "local":
@@ -140,7 +141,8 @@ def transcode_video(
     # a rerun with the same settings is answered from these outputs, without a flow run;
     # bookkeeping only: the video is finished whether or not it can be written
     try:
-        record_finished(Storage(), fingerprint(settings, renditions, codec, preset, crf, chunk_seconds, gop_seconds),
+        record_finished(Storage(), fingerprint(settings, renditions, codec, preset, crf, chunk_seconds, gop_seconds,
+                                               mode),
                         result)
     except Exception as exc:  # noqa: BLE001
         logger.warning("could not keep the finished result for reruns: %s", exc)

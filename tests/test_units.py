@@ -8,12 +8,12 @@ from fractions import Fraction
 
 import pytest
 
-from transcoder import encode, keys
+from transcoder import encode, keys, scaling
 from transcoder.errors import BadInputError
 from transcoder.ffmpeg import FFPROBE
 from transcoder.ladder import build_ladder, parse_rungs
-from transcoder.models import EncoderSettings, Probe, VideoInfo
-from transcoder.plan import make_plan
+from transcoder.models import EncoderSettings, Probe, Rung, VideoInfo
+from transcoder.plan import auto_chunk_seconds, chunk_length, make_plan
 from transcoder.probe import FrameIndex, frame_index, frame_rate
 from transcoder.samples import make_sample
 from transcoder.settings import get_settings
@@ -212,11 +212,56 @@ def test_chunk_argv_decodes_once_and_writes_every_rung(tmp_path):
     assert argv[argv.index("-ss") + 1] == f"{chunk.seek:.6f}" and argv.index("-ss") < i
     assert argv[argv.index("-protocol_whitelist") + 1] == "file"
     graph = argv[argv.index("-filter_complex") + 1]
-    assert "split=4" in graph and graph.count("scale=") == 4
+    # 1080p and 720p from the source; 480p (spline) and 360p (bicubic) from the 720p pictures
+    assert graph.count("scale=") == 4 and "[src_r1]scale=1280:720:flags=bicubic" in graph
+    assert "[r1_r2]scale=854:480:flags=spline" in graph and "[r1_r3]scale=640:360:flags=bicubic" in graph
     assert argv.count("-frames:v") == 4 and argv[argv.index("-frames:v") + 1] == str(chunk.out_frames)
     assert argv.count("-sc_threshold") == 4 and argv[argv.index("-g") + 1] == "100"
     assert [a for a in argv if a.startswith("file:")][1:] == [f"file:{p}" for _, p in outs]
     assert "trim=start=" in graph and "-noaccurate_seek" in argv and "-copyts" in argv
+
+
+def test_chunk_length_gives_each_encode_slot_about_two_chunks():
+    settings = get_settings().model_copy(update={"chunk_seconds": None, "parallel_chunks": None, "max_workers": 2})
+    assert chunk_length(None, settings, "local", 60) == 15  # 4 chunks for 2 slots
+    assert chunk_length(None, settings, "local", 20) == 8  # never under 8 s: short videos as before
+    assert chunk_length(None, settings, "local", 600) == 32  # never over 32 s
+    assert chunk_length(None, settings, "deployments", 600) == 600 / 32  # 16 slots unless told
+    assert chunk_length(3, settings, "local", 600) == 3  # asked for
+    assert chunk_length(None, settings.model_copy(update={"chunk_seconds": 10.0}), "local", 600) == 10
+    assert chunk_length(None, settings.model_copy(update={"parallel_chunks": 8}), "deployments", 600) == 32
+    plan = make_plan("v", "s", probe_of(video()), index(1500), None, EncoderSettings(), 2, auto_chunk_seconds(60, 2))
+    assert [c.out_frames for c in plan.chunks] == [400, 350, 350, 400]  # whole GOPs of 50 frames
+
+
+def test_rungs_scale_from_larger_rungs_only_in_steps_of_one_and_a_half():
+    r = {h: Rung(name=f"{h}p", width=round(h * 16 / 9 / 2) * 2, height=h) for h in (2160, 1080, 720, 540, 480, 360, 240)}
+    src = (3840, 2160)
+    ladder = [r[1080], r[720], r[480], r[360]]
+    assert scaling.steps(ladder, (1920, 1080)) == [
+        scaling.Step(-1, "bicubic"), scaling.Step(-1, "bicubic"), scaling.Step(1, "spline"), scaling.Step(1, "bicubic")]
+    # a rung as large as the source is not a parent: 720p is scaled from the source
+    assert scaling.lineage(ladder, (1920, 1080), 1) == ["1280x720:bicubic"]
+    assert scaling.lineage(ladder, src, 1) == ["1920x1080:bicubic", "1280x720:spline"]
+    assert scaling.lineage(ladder, (0, 0), 3) == ["640x360:bicubic"]  # size unknown: straight from the source
+    # never a step under 1.5: 360p is not scaled from 480p, but from 540p
+    assert scaling.steps([r[480], r[360]], src)[1] == scaling.Step(-1, "bicubic")
+    assert scaling.steps([r[540], r[360]], src)[1] == scaling.Step(0, "spline")
+    # the smallest parent that is far enough: 240p from 540p, which is from the source
+    assert scaling.lineage([r[2160], r[720], r[540], r[240]], src, 3) == ["960x540:bicubic", "426x240:bicubic"]
+    # a cached parent is still scaled (not encoded) for the rung that needs it
+    assert scaling.needed(ladder, (1920, 1080), [3]) == [1, 3]
+
+
+def test_a_rungs_cache_key_follows_where_its_pictures_come_from():
+    plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
+    small = plan.rungs[-1]
+    alone = plan.model_copy(update={"rungs": (plan.rungs[0], small)})  # no 720p to scale it from
+    assert plan.lineage(small) != alone.lineage(small) and plan.profile_hash(small) != alone.profile_hash(small)
+    assert plan.profile_hash(plan.rungs[0]) == alone.profile_hash(plan.rungs[0])
+    # only 360p encoded: its 720p parent is scaled in the graph, not output
+    graph = encode.video_filters(plan, [small])
+    assert "scale=1280:720" in graph and "[o0]" in graph and "[o1]" not in graph
 
 
 def test_chunk_argv_deinterlaces_and_converts_vfr():

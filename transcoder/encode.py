@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ffmpeg, thumbnails
+from . import ffmpeg, scaling, thumbnails
 from .models import Chunk, EncoderSettings, Plan, Rung, stable_hash
 
 
@@ -36,9 +36,10 @@ def maxrate_kbps(rung: Rung, plan: Plan) -> int:
 
 
 def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None, scan: ChunkScanFiles | None = None) -> str:
-    """`-filter_complex` graph: the chunk's frames, shared pre-processing, split, one
-    scaled branch per rung; with `scan`, the smallest rung's pictures also go on to the
-    thumbnail scan (`[scan]`): shrinking them costs far less than shrinking the source."""
+    """`-filter_complex` graph: the chunk's frames, shared pre-processing, then each rung
+    scaled from the source or from a larger rung's pictures (scaling.py), one output each
+    (`[oN]`); with `scan`, the smallest rung's pictures also go on to the thumbnail scan
+    (`[scan]`): shrinking them costs far less than shrinking the source."""
     pre = []
     if chunk is not None and (chunk.start_time is not None or chunk.end_time is not None):
         bounds = [f"start={chunk.start_time:.6f}"] if chunk.start_time is not None else []
@@ -54,17 +55,36 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None, sca
         # `-frames:v` stops the output at its planned count.
         pre.append(f"fps=fps={plan.fps_num}/{plan.fps_den}:round=near")
         pre.append("tpad=stop=-1:stop_mode=clone")
-    labels = [f"s{i}" for i in range(len(rungs))]
-    head = ",".join(pre + [f"split={len(rungs)}" + "".join(f"[{x}]" for x in labels)])
-    tapped = min(range(len(rungs)), key=lambda i: rungs[i].width * rungs[i].height) if scan else -1
+    # Each rung from the source or from a larger rung's pictures (scaling.py); a rung
+    # that is only a parent (cached, not encoded) is scaled but not output.
+    every = list(plan.rungs) if all(r in plan.rungs for r in rungs) else list(rungs)
+    source = (plan.source_width, plan.source_height)
+    chain = scaling.steps(every, source)
+    wanted = {every.index(r): i for i, r in enumerate(rungs)}
+    # the scan always takes the smallest rung's pictures, encoded here or not
+    tapped = min(range(len(every)), key=lambda j: every[j].width * every[j].height) if scan else None
+    nodes = scaling.needed(every, source, list(wanted) + ([tapped] if tapped is not None else []))
+
+    def fan_out(node: int) -> str:
+        """The end of a node's filters: its pictures to everything that takes them."""
+        outs = [f"[{_link(node, j)}]" for j in nodes if chain[j].parent == node]
+        outs += [f"[o{wanted[node]}]"] if node in wanted else []
+        outs += ["[tap]"] if node == tapped else []
+        return f",split={len(outs)}" + "".join(outs) if len(outs) > 1 else outs[0]
+
     branches = [
-        f"[{label}]scale={r.width}:{r.height}:flags=bicubic,setsar=1,format={plan.encoder.pix_fmt}"
-        + (f",split=2[o{i}][tap]" if i == tapped else f"[o{i}]")
-        for i, (label, r) in enumerate(zip(labels, rungs))
+        f"[{_link(chain[j].parent, j)}]scale={every[j].width}:{every[j].height}:flags={chain[j].flags},setsar=1,"
+        f"format={plan.encoder.pix_fmt}{fan_out(j)}"
+        for j in nodes
     ]
+    head = ",".join(pre) + fan_out(-1)  # pre always sets the timestamps
     if scan:
         branches.append(thumbnails.scan_filter("tap", scan.size, scan.stats, "scan"))
     return ";".join([f"[0:v:0]{head}"] + branches)
+
+
+def _link(parent: int, child: int) -> str:
+    return f"{'src' if parent < 0 else f'r{parent}'}_r{child}"
 
 
 # x264 preset names are the interface; x265 has the same names, SVT-AV1 numbers.

@@ -153,6 +153,8 @@ class Plan(Frozen):
     video_start: float  # first frame's time, seconds from the container start (A/V sync)
     encoder: EncoderSettings
     skipped_rungs: tuple[str, ...] = ()  # asked for, but would upscale
+    source_width: int = 0  # displayed size; 0: unknown (every rung scaled from the source)
+    source_height: int = 0
 
     @property
     def fps(self) -> Fraction:
@@ -165,6 +167,12 @@ class Plan(Frozen):
     def filters_fingerprint(self) -> dict:
         return {"vfr": self.vfr, "fps": f"{self.fps_num}/{self.fps_den}", "deinterlace": self.deinterlace}
 
+    def lineage(self, rung: Rung) -> list[str]:
+        """The scaling steps from the source to this rung's pictures."""
+        from .scaling import lineage  # scaling imports Rung from here
+
+        return lineage(self.rungs, (self.source_width, self.source_height), self.rungs.index(rung))
+
     def profile_hash(self, rung: Rung) -> str:
         """Everything that decides a rung's pictures, hashed: the cache key's profile part."""
         return stable_hash(
@@ -173,6 +181,7 @@ class Plan(Frozen):
                 "encoder": self.encoder.version_fields(),
                 "gop": self.gop_frames,
                 **self.filters_fingerprint(),
+                "scaled": self.lineage(rung),
             }
         )[:16]
 

@@ -21,6 +21,7 @@ from .ffmpeg import encoder_version
 from .ingest import sha256_local
 from .ladder import check_codec, parse_rungs
 from .models import TranscodeResult, stable_hash
+from .plan import encode_slots
 from .settings import INPUT_LIMITS, Settings
 from .storage import Storage
 
@@ -34,11 +35,13 @@ _OUTPUT_SETTINGS = {"segment_seconds", "x264_threads", "audio_bitrate_kbps", "qu
 
 
 def fingerprint(settings: Settings, renditions: str | list[str] | None, codec: str | None, preset: str | None,
-                crf: int | None, chunk_seconds: float | None, gop_seconds: float | None) -> str:
-    """Everything of a request that decides its outputs, as a hash (ffmpeg build included)."""
+                crf: int | None, chunk_seconds: float | None, gop_seconds: float | None, mode: str = "local") -> str:
+    """Everything of a request that decides its outputs, as a hash (ffmpeg build included).
+    Chunks of a length chosen per video are recorded as the slots they were chosen for (the
+    same file gives the same length again)."""
     codec = check_codec(codec or settings.codec)  # the request's values, resolved against the settings
     request = {"rungs": parse_rungs(renditions, codec), "codec": codec, "preset": preset or settings.preset,
-               "crf": settings.crf if crf is None else crf, "chunk_seconds": chunk_seconds or settings.chunk_seconds,
+               "crf": settings.crf if crf is None else crf, "chunk_seconds": chunk_seconds or settings.chunk_seconds or f"auto/{encode_slots(settings, mode)}",
                "gop_seconds": gop_seconds or settings.gop_seconds}
     return stable_hash({"format": RECORD_FORMAT, "request": request, "encoder": encoder_version(),
                         "settings": settings.model_dump(include=_OUTPUT_SETTINGS, mode="json")})[:32]

@@ -46,8 +46,15 @@ class Settings(BaseSettings):
     # and HLS segments (`segment_seconds`, a multiple of the GOP) can cut anywhere on it.
     gop_seconds: float = Field(2.0, gt=0.1, le=30)
     segment_seconds: float = Field(4.0, gt=0.1, le=60)
-    chunk_seconds: float = Field(8.0, gt=0.1, le=600)
+    # Unset: chosen per video (plan.auto_chunk_seconds): about two chunks per encode slot,
+    # 8 to 32 s. Each chunk costs a process, x264 start-ups, a task and its storage requests,
+    # so fewer, longer chunks are cheaper where there are no more slots to fill.
+    chunk_seconds: float | None = Field(None, gt=0.1, le=600)
     max_workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1)
+    # Chunk encodes a run has at once, for choosing the chunk length: unset, `max_workers` in
+    # mode "local" and 16 in mode "deployments" (set it to the transcode pool's size). Part
+    # of the plan, so of the cache keys: reruns with the same value reuse every chunk.
+    parallel_chunks: int | None = Field(None, ge=1)
     # Fan-out across workers (mode "deployments"): chunks per transcode batch (one flow
     # run on one worker, every rung of each chunk; a run costs a process/container start).
     batch_chunks: int = Field(4, ge=1)

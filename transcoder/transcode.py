@@ -21,10 +21,13 @@ from .workspace import out_of_space
 log = logging.getLogger(__name__)
 
 
+def _smallest(plan: Plan) -> Rung:
+    return min(plan.rungs, key=lambda r: r.width * r.height)
+
+
 def thumb_size(plan: Plan) -> tuple[int, int]:
     """Thumbnails are the smallest rung's shape at thumbnail size."""
-    small = min(plan.rungs, key=lambda r: r.width * r.height)
-    return thumbnails.thumb_size(small.width, small.height)
+    return thumbnails.thumb_size(_smallest(plan).width, _smallest(plan).height)
 
 
 def scan_key(plan: Plan, chunk: Chunk) -> str:
@@ -32,7 +35,8 @@ def scan_key(plan: Plan, chunk: Chunk) -> str:
     # they sit), their size and rate, and the cues (from the duration)
     profile = stable_hash({"version": thumbnails.SCAN_VERSION, "size": thumb_size(plan), "duration": plan.duration,
                            "fps": f"{plan.fps_num}/{plan.fps_den}", "start": chunk.out_start,
-                           "frames": chunk.out_frames, **plan.filters_fingerprint()})[:16]
+                           "frames": chunk.out_frames, "from": plan.lineage(_smallest(plan)),
+                           **plan.filters_fingerprint()})[:16]
     return keys.scan(plan.video_id, profile, chunk.index, chunk.sha256)
 
 
