@@ -47,6 +47,11 @@ from transcoder.settings import get_settings  # noqa: E402
 COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
+# Every run cuts the same chunks (8 s, the length the model extrapolates), whatever its
+# worker count: left to choose, the engine would cut fewer, longer chunks for fewer slots.
+os.environ.setdefault("TRANSCODE_CHUNK_SECONDS", "8")
+
+
 # ---------------------------------------------------------------- one measured run
 
 

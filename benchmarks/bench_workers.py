@@ -35,6 +35,11 @@ POOL = "bench-process"
 LIGHT_QUEUES = ("orchestrate", "download", "metadata", "split", "merge")
 
 
+# Every run cuts the same chunks (8 s, the length the model extrapolates), whatever its
+# worker count: left to choose, the engine would cut fewer, longer chunks for fewer slots.
+os.environ.setdefault("TRANSCODE_CHUNK_SECONDS", "8")
+
+
 def stack_env() -> dict[str, str]:
     from transcoder.settings import get_settings
 
