@@ -595,3 +595,30 @@ def test_worker_processes_cap_their_malloc_arenas():
     code = "from transcoder.malloc import limit_arenas; print(limit_arenas())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def test_a_full_storage_server_is_named_and_not_retried():
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    from transcoder.errors import RetryableError, StorageFullError, storage_full_code
+
+    minio = ClientError({"Error": {"Code": "XMinioStorageFull", "Message": "Storage backend has reached its minimum "
+                                   "free drive threshold."}, "ResponseMetadata": {"HTTPStatusCode": 507}}, "PutObject")
+    assert storage_full_code(minio) == "XMinioStorageFull"
+    # boto3's managed upload re-raises the server's answer as text
+    try:
+        try:
+            raise minio
+        except ClientError as exc:
+            raise S3UploadFailedError(f"Failed to upload a to videos/k: {exc}") from None
+    except S3UploadFailedError as wrapped:
+        assert storage_full_code(wrapped) == "XMinioStorageFull"
+    other = ClientError({"Error": {"Code": "InsufficientStorage"}, "ResponseMetadata": {"HTTPStatusCode": 507}}, "PutObject")
+    assert storage_full_code(other) == "InsufficientStorage"
+    # a server error that says nothing about space stays a retryable hiccup
+    assert storage_full_code(ClientError({"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                                         "PutObject")) is None
+    err = StorageFullError("upload of v/outputs/720p.mp4", "XMinioStorageFull")
+    assert not isinstance(err, RetryableError)
+    assert "out of space" in err.summary and "finished chunks are kept" in err.summary and "720p.mp4" in err.summary

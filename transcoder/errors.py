@@ -42,6 +42,37 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
+class StorageFullError(TranscodeError):
+    """The S3 server refused a write for lack of space. Not retried at once (each retry
+    would re-send the same bytes into the same full disk); what is stored stays."""
+
+    def __init__(self, what: str, detail: str):
+        super().__init__(f"{what}: the storage server is out of space ({detail}); free space on it or give it "
+                         "more, then rerun: finished chunks are kept")
+        self.summary = str(self)
+
+
+# What S3 servers answer when their disks are full: MinIO's error code, and HTTP 507
+# (WebDAV's Insufficient Storage) that other servers and gateways use.
+_STORAGE_FULL_CODES = ("XMinioStorageFull", "InsufficientStorage", "507")
+
+
+def storage_full_code(exc: BaseException) -> str | None:
+    """The error code of a write the server refused for lack of space, else None. boto3's
+    managed uploads re-raise the server's error as text (S3UploadFailedError), so the
+    code is looked for in the messages of the exception and its causes."""
+    seen = 0
+    while exc is not None and seen < 5:
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        for candidate in _STORAGE_FULL_CODES:
+            if candidate in (code, status) or f"({candidate})" in str(exc):
+                return candidate
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 class FFmpegError(RetryableError):
     """An ffmpeg/ffprobe process failed; carries the command and its stderr tail."""
 

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import DiskFullError, RetryableError, is_disk_full
+from .errors import DiskFullError, RetryableError, StorageFullError, is_disk_full, storage_full_code
 from .settings import Settings, get_settings
 
 # Checksums only where the API requires them: segments carry their own sha256, and a
@@ -193,6 +193,8 @@ class Storage:
             self.block.upload_from_path(str(path), key, Config=self.transfer_config,
                                         **({"ExtraArgs": extra} if extra else {}))
         except Exception as exc:  # boto3 raises many types; all mean "storage failed"
+            if full := storage_full_code(exc):
+                raise StorageFullError(f"upload of {key}", full) from exc
             raise RetryableError(f"upload of {key} failed: {exc}") from exc
 
     def download(self, key: str, path: Path) -> Path:
@@ -245,6 +247,8 @@ class Storage:
         try:
             self.client.put_object(Bucket=self.name, Key=key, Body=text.encode(), ContentType=content_type)
         except Exception as exc:
+            if full := storage_full_code(exc):
+                raise StorageFullError(f"write of {key}", full) from exc
             raise RetryableError(f"write of {key} failed: {exc}") from exc
 
     def get_json(self, key: str) -> Any | None:
