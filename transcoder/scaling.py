@@ -3,8 +3,9 @@
 Shrinking costs what the input picture costs, not the output: scaling 1080p to 360p reads
 every source pixel, as scaling it to 720p does. Scaling the smaller rungs from a larger
 rung's already-scaled pictures saves most of that: on a 1080p source with a 720/480/360
-ladder, 480p from the 720p pictures and 360p from them too took a chunk's ffmpeg from 12.97
-to 12.03 CPU-s (6 s of 1080p, four rungs, four runs each, -7%).
+ladder, 480p and 360p from the 720p pictures took the filter graph from 3.5 to 2.5 CPU-s per
+20 s of video (decoding alone 1.2; three runs each, outputs to null), about 3 CPU-s of the
+60 s benchmark's 106 in its chunk ffmpegs.
 
 It must not cost quality. Measured on 6 s of 1080p encoded at CRF 23, against the source
 scaled straight to the rung (bicubic, what one ffmpeg process does) and against a lanczos
