@@ -1,6 +1,7 @@
 """One machine, one input, every way of making the ladder; and the BD-rate against one ffmpeg.
 
     .venv/bin/python benchmarks/bench_ladder.py [--seconds 60] [--height 1080] [--crfs 19,23,27] [--out DIR]
+                                                [--bd-reference x264|source]
 
 Contenders, all on the same generated input in this run, x264 veryfast capped CRF 23 with the
 engine's GOP, VBV caps and AAC 128k (the engine's settings, read from its own JSON):
@@ -177,8 +178,9 @@ def engine_points(result: dict) -> dict[str, dict]:
             for r in result["renditions"]}
 
 
-def single_points(source: Path, plan: Plan, out: Path) -> dict[str, dict]:
-    """`single` at this plan's CRF with x264 measuring itself (the engine's method)."""
+def single_points(source: Path, plan: Plan, out: Path, reference: str = "x264") -> dict[str, dict]:
+    """`single` at this plan's CRF with x264 measuring itself (the engine's method), or with
+    `reference="source"` each output against the source scaled straight to its rung."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     argv, outputs = single_argv(source, plan, out, measure=True)
@@ -191,6 +193,16 @@ def single_points(source: Path, plan: Plan, out: Path) -> dict[str, dict]:
         summary = q.summary()
         bitrate = outputs[rung.name].stat().st_size * 8 / plan.duration  # whole file, like the engine's figure
         points[rung.name] = {"bitrate": bitrate, "psnr": summary["psnr_db"], "ssim": summary["ssim"]}
+    return points if reference == "x264" else source_points(outputs, source, plan)
+
+
+def source_points(outputs: dict[str, Path], source: Path, plan: Plan) -> dict[str, dict]:
+    """Each output against the source scaled straight to its rung (bicubic, as one ffmpeg
+    does): one reference for both sides, wherever a side's rung pictures came from."""
+    points = {}
+    for rung in plan.rungs:
+        q = quality(outputs[rung.name], source, rung)
+        points[rung.name] = {"bitrate": q["size"] * 8 / plan.duration, "psnr": q["psnr"], "ssim": q["ssim"]}
     return points
 
 
@@ -201,16 +213,16 @@ def engine_run(source: Path, out: Path, pids: list[int], crf: int, *extra: str):
     return m, json.loads(m.stdout)
 
 
-def bd_rates(base: Path, out: Path, pids: list[int], plan: Plan, crfs: list[int], first: tuple[int, dict]) -> dict:
+def bd_rates(base: Path, out: Path, pids: list[int], plan: Plan, crfs: list[int], first: tuple[int, dict],
+             reference: str = "x264") -> dict:
     engine_at, single_at = {}, {}
     for crf in crfs:
         print(f"BD-rate: CRF {crf} ...", file=sys.stderr)
         at = fastest(plan).model_copy(update={"encoder": fastest(plan).encoder.model_copy(update={"crf": crf})})
-        single_at[crf] = single_points(base, at, out / f"bd-single-{crf}")
-        if crf == first[0]:
-            engine_at[crf] = engine_points(first[1])
-        else:
-            engine_at[crf] = engine_points(engine_run(unique_copy(base, out), out / f"bd-engine-{crf}", pids, crf)[1])
+        single_at[crf] = single_points(base, at, out / f"bd-single-{crf}", reference)
+        result = first[1] if crf == first[0] else engine_run(unique_copy(base, out), out / f"bd-engine-{crf}", pids, crf)[1]
+        engine_at[crf] = (engine_points(result) if reference == "x264" else
+                          source_points({r["name"]: Path(r["path"]) for r in result["renditions"]}, base, plan))
     return bd_table(crfs, [{"name": rung.name, "single": {str(c): single_at[c][rung.name] for c in crfs},
                              "engine": {str(c): engine_at[c][rung.name] for c in crfs}} for rung in plan.rungs])
 
@@ -223,7 +235,7 @@ def bd_table(crfs: list[int], rows: list[dict]) -> dict:
 
         for name, metric in (("psnr", lambda p: p["psnr"]), ("ssim", lambda p: ssim_db(p["ssim"]))):
             row[f"bd_rate_{name}_pct"] = bd_rate(curve("single", metric), curve("engine", metric))
-    return {"crfs": crfs, "rungs": rows}
+    return {"crfs": crfs, "rungs": rows}  # `reference` is added by the caller
 
 
 # ---------------------------------------------------------------- report
@@ -249,7 +261,9 @@ def print_table(r: dict) -> None:
     print("\n(size: the ladder's total against single; dPSNR: largest |difference| of a rung, dB; "
           "the engine's CPU includes the Prefect server and SeaweedFS)")
     if "bd_rate" in r:
-        print(f"\nBD-rate of the engine against `single`, CRF {r['bd_rate']['crfs']} (x264's own PSNR/SSIM on both):")
+        how = ("against the source scaled straight to each rung" if r["bd_rate"].get("reference") == "source"
+               else "x264's own PSNR/SSIM on both")
+        print(f"\nBD-rate of the engine against `single`, CRF {r['bd_rate']['crfs']} ({how}):")
         for row in r["bd_rate"]["rungs"]:
             print(f"  {row['name']:>6}: PSNR {row['bd_rate_psnr_pct']:+.2f}%   SSIM {row['bd_rate_ssim_pct']:+.2f}%")
     t = r["targets"]
@@ -263,6 +277,10 @@ CONTENDERS = ("single", "single-1t", "sequential", "naive")
 def main() -> None:
     parser = input_args(__doc__.splitlines()[0])
     parser.add_argument("--crfs", default="19,23,27", help="CRFs for the BD-rate ('' for none)")
+    parser.add_argument("--bd-reference", choices=("x264", "source"), default="x264",
+                        help="the BD-rate's quality: x264's own PSNR/SSIM (against each encode's input), or every "
+                             "output against the source scaled straight to its rung (one reference for both sides; "
+                             "24 more decodes)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="the engine and which of these (a subset writes results-ladder-<names>.json)")
     parser.add_argument("--pattern", choices=("standard", "soft"), default="standard",
@@ -322,7 +340,8 @@ def main() -> None:
     }
     crfs = [int(c) for c in args.crfs.split(",") if c.strip()]
     if len(crfs) >= 2:
-        results["bd_rate"] = bd_rates(base, out, pids, plan, crfs, (23, result))
+        results["bd_rate"] = {**bd_rates(base, out, pids, plan, crfs, (23, result), args.bd_reference),
+                              "reference": args.bd_reference}
     results["benchmark_seconds"] = time.perf_counter() - started
     name = "-".join(["results-ladder"] + ([] if set(chosen) == set(CONTENDERS) else chosen)
                     + ([] if args.pattern == "standard" else [args.pattern])) + ".json"
