@@ -26,8 +26,8 @@ from tasks.player import export_player
 from transcoder import keys
 from transcoder.errors import BadInputError
 from transcoder.ladder import check_codec, parse_rungs
-from transcoder.plan import chunk_length
 from transcoder.models import EncoderSettings, Plan, TranscodeResult
+from transcoder.plan import chunk_length
 from transcoder.reuse import fingerprint, record_finished
 from transcoder.settings import get_settings
 from transcoder.storage import Storage

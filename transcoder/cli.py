@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--preset", help="x264 preset name, mapped for x265 and SVT-AV1 (default veryfast)")
     run.add_argument("--crf", type=int, help="CRF on x264's scale, mapped for x265 and SVT-AV1 (default 23)")
-    run.add_argument("--chunk-seconds", type=float, help="target chunk length in seconds (default: chosen per video, about two chunks per encode slot, 8 to 32 s)")
+    run.add_argument("--chunk-seconds", type=float,
+                     help="target chunk length in seconds (default: chosen per video, about two chunks per encode "
+                          "slot, 8 to 32 s)")
     run.add_argument("--gop-seconds", type=float, help="keyframe interval, the same in every rung (default 2)")
     run.add_argument("--no-reuse", action="store_true",
                      help="run the flow even when this file was finished with the same settings (every chunk "

@@ -40,8 +40,9 @@ def fingerprint(settings: Settings, renditions: str | list[str] | None, codec: s
     Chunks of a length chosen per video are recorded as the slots they were chosen for (the
     same file gives the same length again)."""
     codec = check_codec(codec or settings.codec)  # the request's values, resolved against the settings
+    chunks = chunk_seconds or settings.chunk_seconds or f"auto/{encode_slots(settings, mode)}"
     request = {"rungs": parse_rungs(renditions, codec), "codec": codec, "preset": preset or settings.preset,
-               "crf": settings.crf if crf is None else crf, "chunk_seconds": chunk_seconds or settings.chunk_seconds or f"auto/{encode_slots(settings, mode)}",
+               "crf": settings.crf if crf is None else crf, "chunk_seconds": chunks,
                "gop_seconds": gop_seconds or settings.gop_seconds}
     return stable_hash({"format": RECORD_FORMAT, "request": request, "encoder": encoder_version(),
                         "settings": settings.model_dump(include=_OUTPUT_SETTINGS, mode="json")})[:32]
