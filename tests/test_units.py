@@ -250,7 +250,7 @@ def test_rungs_scale_from_larger_rungs_only_in_steps_of_one_and_a_half():
     # the smallest parent that is far enough: 240p from 540p, which is from the source
     assert scaling.lineage([r[2160], r[720], r[540], r[240]], src, 3) == ["960x540:bicubic", "426x240:bicubic"]
     # a cached parent is still scaled (not encoded) for the rung that needs it
-    assert scaling.needed(ladder, (1920, 1080), [3]) == [1, 3]
+    assert scaling.needed(scaling.steps(ladder, (1920, 1080)), [3]) == [1, 3]
 
 
 def test_a_rungs_cache_key_follows_where_its_pictures_come_from():

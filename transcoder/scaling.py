@@ -71,10 +71,9 @@ def lineage(rungs: Sequence[Rung], source: tuple[int, int], i: int) -> list[str]
     return out[::-1]
 
 
-def needed(rungs: Sequence[Rung], source: tuple[int, int], wanted: Sequence[int]) -> list[int]:
-    """The rungs whose pictures `wanted` needs: themselves and every rung they descend from
-    (a cached 720p is still scaled, not encoded, when its 480p is encoded)."""
-    chain = steps(rungs, source)
+def needed(chain: Sequence[Step], wanted: Sequence[int]) -> list[int]:
+    """The rungs whose pictures `wanted` needs, given their `steps`: themselves and every
+    rung they descend from (a cached 720p is still scaled, not encoded, when its 480p is)."""
     out: set[int] = set()
     for i in wanted:
         while i >= 0 and i not in out:
