@@ -62,7 +62,7 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None, sca
     chain = scaling.steps(every, source)
     wanted = {every.index(r): i for i, r in enumerate(rungs)}
     # the scan always takes the smallest rung's pictures, encoded here or not
-    tapped = min(range(len(every)), key=lambda j: every[j].width * every[j].height) if scan else None
+    tapped = every.index(scaling.smallest(every)) if scan else None
     nodes = scaling.needed(chain, list(wanted) + ([tapped] if tapped is not None else []))
 
     def fan_out(node: int) -> str:

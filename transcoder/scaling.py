@@ -40,6 +40,11 @@ def _pixels(r: Rung) -> int:
     return r.width * r.height
 
 
+def smallest(rungs: Sequence[Rung]) -> Rung:
+    """The rung the thumbnail scan takes its pictures from (the first, where sizes tie)."""
+    return min(rungs, key=_pixels)
+
+
 def _ratio(big: Rung, small: Rung) -> float:
     # to two places: 1280/854 is the 1.5 step of 720p to 480p, rounded to even widths
     return round(min(big.width / small.width, big.height / small.height), 2)

@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import encode, ffmpeg, keys, thumbnails
+from . import encode, ffmpeg, keys, scaling, thumbnails
 from .errors import DiskFullError, FFmpegError, VerificationError
 from .ingest import sha256_file
 from .models import Chunk, Plan, Quality, Rung, Segment, stable_hash
@@ -21,13 +21,10 @@ from .workspace import out_of_space
 log = logging.getLogger(__name__)
 
 
-def _smallest(plan: Plan) -> Rung:
-    return min(plan.rungs, key=lambda r: r.width * r.height)
-
-
 def thumb_size(plan: Plan) -> tuple[int, int]:
     """Thumbnails are the smallest rung's shape at thumbnail size."""
-    return thumbnails.thumb_size(_smallest(plan).width, _smallest(plan).height)
+    small = scaling.smallest(plan.rungs)
+    return thumbnails.thumb_size(small.width, small.height)
 
 
 def scan_key(plan: Plan, chunk: Chunk) -> str:
@@ -35,7 +32,7 @@ def scan_key(plan: Plan, chunk: Chunk) -> str:
     # they sit), their size and rate, and the cues (from the duration)
     profile = stable_hash({"version": thumbnails.SCAN_VERSION, "size": thumb_size(plan), "duration": plan.duration,
                            "fps": f"{plan.fps_num}/{plan.fps_den}", "start": chunk.out_start,
-                           "frames": chunk.out_frames, "from": plan.lineage(_smallest(plan)),
+                           "frames": chunk.out_frames, "from": plan.lineage(scaling.smallest(plan.rungs)),
                            **plan.filters_fingerprint()})[:16]
     return keys.scan(plan.video_id, profile, chunk.index, chunk.sha256)
 
