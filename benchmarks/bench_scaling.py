@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import (LADDER, TRANSCODE, input_args, make_input, measure_call, out_dir, stack_pids,  # noqa: E402
                         unique_copy)
 
+from transcoder.plan import DEPLOYMENT_SLOTS, auto_chunk_seconds  # noqa: E402
 from transcoder.settings import get_settings  # noqa: E402
 
 COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -202,6 +203,21 @@ def model(pre: float, post: float, encodes: list[float], per_task: float, tasks_
     return rows
 
 
+def regroup(encodes: list[float], measured_seconds: float, total_seconds: float, chunk_seconds: float) -> list[float]:
+    """Encode times of `chunk_seconds` chunks over a `total_seconds` video, from encodes measured
+    on `measured_seconds` chunks (repeated along the video, as `at` does), each spread evenly
+    over its seconds. Every measured encode carries one chunk's fixed costs (an ffmpeg and four
+    x264 start-ups, four uploads), so chunks longer than measured come out a little slow."""
+    step = 0.01
+    count = max(1, round(total_seconds / chunk_seconds))
+    times = [0.0] * count
+    for i in range(round(total_seconds / step)):
+        t = (i + 0.5) * step
+        times[min(count - 1, int(t / total_seconds * count))] += (
+            encodes[int(t // measured_seconds) % len(encodes)] * step / measured_seconds)
+    return times
+
+
 def linear(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     """(fixed, per second) through two (seconds, value) points; never negative."""
     (s1, v1), (s2, v2) = a, b
@@ -230,18 +246,23 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
     # has no hash in it; the download worker of mode "deployments" hashes before its upload
     hash_mb_s = s3.get("hash_mb_s", float("inf"))
 
-    def at(seconds: float, counts=COUNTS, fetch: str = "ranges", local: bool = False) -> list[dict]:
+    def at(seconds: float, counts=COUNTS, fetch: str = "ranges", local: bool = False,
+           chunk_seconds: float | None = None) -> list[dict]:
         """`local`: as the measured runs (mode "local": no wait for the upload); else the
         workers of mode "deployments", all waiting for the original in storage: hashed, then
-        uploaded at the speed one upload reaches alone against this S3 server."""
+        uploaded at the speed one upload reaches alone against this S3 server. `chunk_seconds`:
+        chunks of another length than the measured runs' (`regroup`)."""
         scale = seconds / inp["seconds"]  # chunks of the same length, in proportion to the video
         n_chunks = max(1, round(len(encodes) * scale))
         modelled = [encodes[i % len(encodes)] for i in range(n_chunks)]
+        if chunk_seconds:
+            modelled = regroup(encodes, inp["seconds"] / len(encodes), seconds, chunk_seconds)
         return model(pre[0] + pre[1] * seconds, post[0] + post[1] * seconds, modelled, gap, tasks_per_chunk,
                      source_mb * scale, s3_mb_s, counts, fetch,
                      upload=0.0 if local else source_mb * scale * (1 / s3["upload_mb_s"] + 1 / hash_mb_s))
 
     measured_model = at(inp["seconds"], (1, cores, check_workers), local=True)
+    default_chunks = auto_chunk_seconds(model_seconds, DEPLOYMENT_SLOTS)
     # the check: N workers sharing `cores` cores get through the work as fast as the cores do,
     # and no faster than the longest chunk alone
     check_wall = (pre[0] + pre[1] * inp["seconds"] + max(sum(encodes) / cores, max(encodes))
@@ -263,6 +284,10 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
         },
         # as the engine runs by default: workers read their chunks' bytes (TRANSCODE_RANGE_READS=auto)
         "model": {f"{inp['seconds']:g}s": at(inp["seconds"]), f"{model_seconds:g}s": at(model_seconds)},
+        # the chunk length mode "deployments" chooses for this length (plan.auto_chunk_seconds
+        # for its 16 slots when TRANSCODE_PARALLEL_CHUNKS is unset); the runs above cut 8 s chunks
+        "model_default_chunks": {f"{model_seconds:g}s, {default_chunks:.2f} s chunks": at(
+            model_seconds, chunk_seconds=default_chunks)},
         # each worker downloading the whole source (RANGE_READS=download, or sparse keyframes)
         "model_whole_downloads": {f"{model_seconds:g}s": at(model_seconds, fetch="whole")},
     }
@@ -282,7 +307,8 @@ def main() -> None:
     if args.analyse:
         saved = json.loads(args.analyse.read_text())
         results = {**saved, **analyse(saved["runs"], saved["s3"], saved["input"], saved["cores"], args.check_workers,
-                                      args.model_seconds)}
+                                      args.model_seconds),
+                   "date": saved["date"], "analysed": time.strftime("%Y-%m-%d %H:%M:%S")}  # measured, modelled
         args.analyse.write_text(json.dumps(results, indent=2, default=str) + "\n")
         report(results, args.analyse)
         return
@@ -319,7 +345,7 @@ def report(results: dict, path: Path) -> None:
     print(f"  pre {f['pre_fixed']:.2f} s + {f['pre_per_second']:.3f} s per video second; post {f['post_fixed']:.2f} s"
           f" + {f['post_per_second']:.3f}; chunk encode {f['chunk_encode_mean']:.1f} s; orchestration per task "
           f"{1000 * f['per_task']:.0f} ms; S3 {s3['upload_mb_s']:.0f} MB/s up, {s3['download_mb_s']:.0f} down")
-    for length, rows in [*results["model"].items(),
+    for length, rows in [*results["model"].items(), *results.get("model_default_chunks", {}).items(),
                          *((f"{k}, each worker downloading the whole source", v)
                            for k, v in results.get("model_whole_downloads", {}).items())]:
         print(f"\nmodel, {length} input: workers, wall s, speedup, efficiency | pre, storage, transcode, "
