@@ -58,6 +58,10 @@ class Measured:
     stdout: str
     peak_rss: int = 0  # bytes: the most the run's processes held at once (sampled every 0.2 s)
     server_peak_rss: int = 0
+    # of `cpu`, the started command's own (for the engine, its Python: Prefect, the tasks,
+    # transfers), as last sampled: the rest is what it started (ffmpeg, ffprobe)
+    command_cpu: float = 0.0
+    server_cpu_each: tuple[float, ...] = ()  # `server_cpu` per server, in the order of the pids given
 
 
 # ---------------------------------------------------------------- measuring
@@ -96,7 +100,21 @@ def tree_usage(table: dict[int, tuple[int, int, float]], roots: list[int]) -> tu
 
 def servers_cpu(roots: list[int]) -> float:
     """CPU seconds used so far by the server processes and all their live descendants."""
-    return tree_usage(proc_table(), roots)[1]
+    return sum(each_server_cpu(roots))
+
+
+def each_server_cpu(roots: list[int]) -> list[float]:
+    table = proc_table()
+    return [tree_usage(table, [root])[1] for root in roots]
+
+
+def own_cpu(pid: int) -> float:
+    """A process's own CPU seconds (user + system), without its children's."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children_cpu() -> float:
@@ -111,6 +129,7 @@ class PeakMemory:
     def __init__(self, server_pids: list[int]):
         self.server_pids = server_pids
         self.peak = self.server_peak = 0
+        self.own: dict[int, float] = {}  # the direct children's own CPU, last sampled
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -119,6 +138,7 @@ class PeakMemory:
         while True:
             table = proc_table()
             own = [pid for pid, (ppid, _, _) in table.items() if ppid == me]
+            self.own.update((pid, own_cpu(pid)) for pid in own)
             self.peak = max(self.peak, tree_usage(table, own)[0])
             self.server_peak = max(self.server_peak, tree_usage(table, self.server_pids)[0])
             if self._stop.wait(0.2):
@@ -136,12 +156,14 @@ class PeakMemory:
 def measure_call(run: Callable[[], str], server_pids: list[int]) -> Measured:
     """Time `run` (which starts processes and waits for them; returns their output):
     RUSAGE_CHILDREN deltas count every process it waited for, however many."""
-    cpu0, srv0, t0 = children_cpu(), servers_cpu(server_pids), time.perf_counter()
+    cpu0, srv0, t0 = children_cpu(), each_server_cpu(server_pids), time.perf_counter()
     with PeakMemory(server_pids) as memory:
         stdout = run()
     wall = time.perf_counter() - t0
-    return Measured(wall=wall, cpu=children_cpu() - cpu0, server_cpu=servers_cpu(server_pids) - srv0, stdout=stdout,
-                    peak_rss=memory.peak, server_peak_rss=memory.server_peak)
+    servers = [after - before for before, after in zip(srv0, each_server_cpu(server_pids))]
+    return Measured(wall=wall, cpu=children_cpu() - cpu0, server_cpu=sum(servers), stdout=stdout,
+                    peak_rss=memory.peak, server_peak_rss=memory.server_peak, command_cpu=sum(memory.own.values()),
+                    server_cpu_each=tuple(servers))
 
 
 def run_checked(argv: list[str]) -> str:

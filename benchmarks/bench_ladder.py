@@ -140,6 +140,9 @@ def contender(name: str, measured, outputs: dict[str, Path] | None, source: Path
     row = {"name": name, "wall": measured.wall, "cpu": measured.cpu, "server_cpu": measured.server_cpu,
            "cpu_total": measured.cpu + (measured.server_cpu if engine else 0.0), "peak_rss": measured.peak_rss,
            "server_peak_rss": measured.server_peak_rss if engine else 0, **extra}
+    if engine:  # where the engine's CPU goes (stack_pids: the Prefect server, then the S3 server)
+        row["cpu_split"] = {"command": measured.command_cpu, "started": measured.cpu - measured.command_cpu,
+                            "prefect_server": measured.server_cpu_each[0], "s3_server": measured.server_cpu_each[1]}
     if outputs:
         row["outputs"] = describe(outputs, source, plan)
     return row
@@ -260,6 +263,10 @@ def print_table(r: dict) -> None:
               + (f"{100 * size:>+6.1f}% {dpsnr:>6.2f} {frames:>13} {offset:>12}" if outs else ""))
     print("\n(size: the ladder's total against single; dPSNR: largest |difference| of a rung, dB; "
           "the engine's CPU includes the Prefect server and SeaweedFS)")
+    if split := r["contenders"]["engine"].get("cpu_split"):
+        print(f"engine CPU s: what the command started (ffmpeg, ffprobe) {split['started']:.1f} (single: "
+              f"{ref['cpu']:.1f}), the command itself {split['command']:.1f}, the Prefect server "
+              f"{split['prefect_server']:.1f}, the S3 server {split['s3_server']:.1f}")
     if "bd_rate" in r:
         how = ("against the source scaled straight to each rung" if r["bd_rate"].get("reference") == "source"
                else "x264's own PSNR/SSIM on both")

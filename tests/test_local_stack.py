@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from transcoder.stack import free_port
 
 
@@ -71,6 +73,10 @@ def test_benchmarks_run_on_a_tiny_input(tmp_path):
         for output in ladder["contenders"][name]["outputs"]:
             assert output["frames"] == frames and output["psnr"] > 30, (name, output)
     assert all(c["peak_rss"] > 0 and c["cpu"] > 0 for c in ladder["contenders"].values())
+    engine, split = ladder["contenders"]["engine"], ladder["contenders"]["engine"]["cpu_split"]
+    assert split["command"] > 0 and split["started"] > 0 and split["command"] + split["started"] == pytest.approx(
+        engine["cpu"])  # the command's own CPU and what it started (ffmpeg) make up the engine's processes
+    assert split["prefect_server"] + split["s3_server"] == pytest.approx(engine["server_cpu"])
     bd = ladder["bd_rate"]["rungs"][0]
     assert abs(bd["bd_rate_psnr_pct"]) < 25 and abs(bd["bd_rate_ssim_pct"]) < 25
 

@@ -523,13 +523,17 @@ def test_bd_rate_and_the_scaling_model():
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from bench_ladder import bd_rate
-    from bench_scaling import RANGE_READ_FACTOR, makespan, model
+    from bench_scaling import RANGE_READ_FACTOR, makespan, model, regroup
 
     ref = [(1000.0, 34.0), (1600.0, 36.5), (2600.0, 39.0)]
     assert abs(bd_rate(ref, ref)) < 1e-9
     assert bd_rate(ref, [(r * 1.1, q) for r, q in ref]) == pytest.approx(10.0, abs=1e-6)  # 10% more bits, same quality
     assert bd_rate(ref, [(r, q + 0.5) for r, q in ref]) < 0  # better pictures at the same rate: fewer bits needed
     assert makespan([4, 3, 3, 2, 2, 2], 2) == 8 and makespan([5, 1], 4) == 5
+    # 8 s encodes measured (4 s and 8 s of work, repeated) regrouped into 12 s chunks of a 48 s video
+    longer = regroup([4.0, 8.0], 8.0, 48.0, 12.0)
+    assert len(longer) == 4 and sum(longer) == pytest.approx(36.0)  # 3 x (4 + 8): the work is kept
+    assert longer == pytest.approx([8.0, 8.0, 10.0, 10.0])  # 4 + half of 8, half of 8 + 4, 8 + half of 4, ...
     rows = model(pre=2, post=3, encodes=[10.0] * 8, per_task=0.0, tasks_per_chunk=4, source_mb=100, s3_mb_s=100,
                  counts=(1, 2, 8, 16), fetch="whole")
     assert [r["transcode"] for r in rows] == [80, 40, 10, 10]  # more workers than chunks: no faster
