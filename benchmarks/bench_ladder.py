@@ -217,11 +217,15 @@ def engine_run(source: Path, out: Path, pids: list[int], crf: int, *extra: str):
 
 
 def bd_rates(base: Path, out: Path, pids: list[int], plan: Plan, crfs: list[int], first: tuple[int, dict],
-             reference: str = "x264") -> dict:
+             reference: str = "x264", single: str = "fastest") -> dict:
+    """`single`: the process compared with, "fastest" (x264's frame threads, ffmpeg's default)
+    or "one-thread" (the engine's own x264 arguments, one thread per encoder: what is left is
+    the chunking's doing)."""
     engine_at, single_at = {}, {}
+    base_plan = fastest(plan) if single == "fastest" else plan
     for crf in crfs:
         print(f"BD-rate: CRF {crf} ...", file=sys.stderr)
-        at = fastest(plan).model_copy(update={"encoder": fastest(plan).encoder.model_copy(update={"crf": crf})})
+        at = base_plan.model_copy(update={"encoder": base_plan.encoder.model_copy(update={"crf": crf})})
         single_at[crf] = single_points(base, at, out / f"bd-single-{crf}", reference)
         result = first[1] if crf == first[0] else engine_run(unique_copy(base, out), out / f"bd-engine-{crf}", pids, crf)[1]
         engine_at[crf] = (engine_points(result) if reference == "x264" else
@@ -270,7 +274,8 @@ def print_table(r: dict) -> None:
     if "bd_rate" in r:
         how = ("against the source scaled straight to each rung" if r["bd_rate"].get("reference") == "source"
                else "x264's own PSNR/SSIM on both")
-        print(f"\nBD-rate of the engine against `single`, CRF {r['bd_rate']['crfs']} ({how}):")
+        who = "one ffmpeg, one thread per x264" if r["bd_rate"].get("single") == "one-thread" else "`single`"
+        print(f"\nBD-rate of the engine against {who}, CRF {r['bd_rate']['crfs']} ({how}):")
         for row in r["bd_rate"]["rungs"]:
             print(f"  {row['name']:>6}: PSNR {row['bd_rate_psnr_pct']:+.2f}%   SSIM {row['bd_rate_ssim_pct']:+.2f}%")
     t = r["targets"]
@@ -288,6 +293,9 @@ def main() -> None:
                         help="the BD-rate's quality: x264's own PSNR/SSIM (against each encode's input), or every "
                              "output against the source scaled straight to its rung (one reference for both sides; "
                              "24 more decodes)")
+    parser.add_argument("--bd-single", choices=("fastest", "one-thread"), default="fastest",
+                        help="the BD-rate's single process: x264's frame threads (ffmpeg's default), or the "
+                             "engine's own x264 arguments with one thread per encoder (isolates the chunking)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="the engine and which of these (a subset writes results-ladder-<names>.json)")
     parser.add_argument("--pattern", choices=("standard", "soft"), default="standard",
@@ -347,11 +355,12 @@ def main() -> None:
     }
     crfs = [int(c) for c in args.crfs.split(",") if c.strip()]
     if len(crfs) >= 2:
-        results["bd_rate"] = {**bd_rates(base, out, pids, plan, crfs, (23, result), args.bd_reference),
-                              "reference": args.bd_reference}
+        results["bd_rate"] = {**bd_rates(base, out, pids, plan, crfs, (23, result), args.bd_reference, args.bd_single),
+                              "reference": args.bd_reference, "single": args.bd_single}
     results["benchmark_seconds"] = time.perf_counter() - started
     name = "-".join(["results-ladder"] + ([] if set(chosen) == set(CONTENDERS) else chosen)
-                    + ([] if args.pattern == "standard" else [args.pattern])) + ".json"
+                    + ([] if args.pattern == "standard" else [args.pattern])
+                    + ([] if args.bd_single == "fastest" else ["bd-one-thread"])) + ".json"
     (out.parent / name).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nresults: {out.parent / name} (benchmark took {results['benchmark_seconds']:.0f} s)")
