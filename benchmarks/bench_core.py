@@ -15,6 +15,7 @@ Everything runs on this machine; the only traffic is loopback to the local stack
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script, from any directory
 
 from transcoder.encode import video_filters, x264_args  # noqa: E402
 from transcoder.ffmpeg import FFMPEG, FFPROBE  # noqa: E402  (the binaries the engine runs)
+from transcoder.ingest import sha256_file  # noqa: E402
 from transcoder.models import EncoderSettings, Plan, Rung  # noqa: E402
 from transcoder.samples import make_sample  # noqa: E402
 from transcoder.settings import get_settings  # noqa: E402
@@ -198,7 +200,29 @@ def unique_copy(source: Path, out: Path) -> Path:
     copy = out / f"unique-{uuid.uuid4().hex[:12]}.mp4"
     subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-i", str(source),
                     "-map", "0", "-c", "copy", "-metadata", f"comment={copy.stem}", str(copy)], check=True)
+    _made.append(sha256_file(copy)[:16])  # the video_id the engine gives these bytes (transcoder/ingest.py)
     return copy
+
+
+# The videos of the copies above, removed from the local stack's bucket when the benchmark
+# ends: each copy is a new video to the engine, and the stack kept every one's original and
+# outputs (473 MB to 1.6 GB a run; 42 GB after a day of benchmarks filled the disk).
+# BENCH_KEEP_VIDEOS=1 keeps them.
+_made: list[str] = []
+
+
+def forget_made_videos() -> None:
+    if not _made or os.environ.get("BENCH_KEEP_VIDEOS"):
+        return
+    from transcoder.storage import Storage, direct_bucket, get_bucket
+
+    settings = get_settings()
+    storage = Storage(direct_bucket(settings, os.environ.get("PREFECT_API_URL")) or get_bucket(settings))
+    removed = sum(storage.delete_prefix(f"{video_id}/") + storage.delete_prefix(f"encoded/{video_id}_")
+                  for video_id in dict.fromkeys(_made))
+    print(f"removed the benchmark's {len(set(_made))} videos from the bucket ({removed} objects; "
+          "BENCH_KEEP_VIDEOS=1 keeps them)", file=sys.stderr)
+    _made.clear()
 
 
 def stack_pids() -> list[int]:
@@ -207,6 +231,8 @@ def stack_pids() -> list[int]:
     state = json.loads((get_settings().data_dir / "stack.json").read_text())
     # a Prefect client in this process must talk to that server (not start a temporary one)
     os.environ["PREFECT_API_URL"] = state["prefect_url"]
+    atexit.unregister(forget_made_videos)  # registered once, however often this is called
+    atexit.register(forget_made_videos)
     return [state["prefect_pid"], state["s3_pid"]]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,8 @@ def test_benchmarks_run_on_a_tiny_input(tmp_path):
     finally:
         cli(["down"], env)
     assert "BD-rate of the engine" in proc.stdout
+    # the engine's copies of the input do not stay in the stack's bucket (they filled a disk once)
+    assert re.search(r"removed the benchmark's \d+ videos from the bucket \([1-9]\d* objects", proc.stderr)
     ladder = json.loads((out / "results-ladder.json").read_text())
     assert set(ladder["contenders"]) == {"single", "single-1t", "sequential", "naive", "engine", "engine-rerun"}
     assert ladder["contenders"]["engine-rerun"]["reused"] and ladder["contenders"]["engine-rerun"]["same_sha256"]
