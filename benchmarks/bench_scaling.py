@@ -208,13 +208,16 @@ def regroup(encodes: list[float], measured_seconds: float, total_seconds: float,
     on `measured_seconds` chunks (repeated along the video, as `at` does), each spread evenly
     over its seconds. Every measured encode carries one chunk's fixed costs (an ffmpeg and four
     x264 start-ups, four uploads), so chunks longer than measured come out a little slow."""
-    step = 0.01
     count = max(1, round(total_seconds / chunk_seconds))
-    times = [0.0] * count
-    for i in range(round(total_seconds / step)):
-        t = (i + 0.5) * step
-        times[min(count - 1, int(t / total_seconds * count))] += (
-            encodes[int(t // measured_seconds) % len(encodes)] * step / measured_seconds)
+    times = []
+    for k in range(count):
+        start, end = total_seconds * k / count, total_seconds * (k + 1) / count
+        piece, spent = int(start // measured_seconds), 0.0
+        while piece * measured_seconds < end:  # each measured piece, by the share of it in this chunk
+            overlap = min(end, (piece + 1) * measured_seconds) - max(start, piece * measured_seconds)
+            spent += encodes[piece % len(encodes)] * overlap / measured_seconds
+            piece += 1
+        times.append(spent)
     return times
 
 
@@ -253,10 +256,10 @@ def analyse(runs: dict, s3: dict, inp: dict, cores: int, check_workers: int, mod
         uploaded at the speed one upload reaches alone against this S3 server. `chunk_seconds`:
         chunks of another length than the measured runs' (`regroup`)."""
         scale = seconds / inp["seconds"]  # chunks of the same length, in proportion to the video
-        n_chunks = max(1, round(len(encodes) * scale))
-        modelled = [encodes[i % len(encodes)] for i in range(n_chunks)]
         if chunk_seconds:
             modelled = regroup(encodes, inp["seconds"] / len(encodes), seconds, chunk_seconds)
+        else:
+            modelled = [encodes[i % len(encodes)] for i in range(max(1, round(len(encodes) * scale)))]
         return model(pre[0] + pre[1] * seconds, post[0] + post[1] * seconds, modelled, gap, tasks_per_chunk,
                      source_mb * scale, s3_mb_s, counts, fetch,
                      upload=0.0 if local else source_mb * scale * (1 / s3["upload_mb_s"] + 1 / hash_mb_s))
