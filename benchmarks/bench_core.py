@@ -100,12 +100,8 @@ def tree_usage(table: dict[int, tuple[int, int, float]], roots: list[int]) -> tu
     return sum(table[p][1] for p in tree), sum(table[p][2] for p in tree)
 
 
-def servers_cpu(roots: list[int]) -> float:
-    """CPU seconds used so far by the server processes and all their live descendants."""
-    return sum(each_server_cpu(roots))
-
-
 def each_server_cpu(roots: list[int]) -> list[float]:
+    """CPU seconds used so far by each server process and all its live descendants."""
     table = proc_table()
     return [tree_usage(table, [root])[1] for root in roots]
 
@@ -218,9 +214,10 @@ def forget_made_videos() -> None:
 
     settings = get_settings()
     storage = Storage(direct_bucket(settings, os.environ.get("PREFECT_API_URL")) or get_bucket(settings))
+    videos = list(dict.fromkeys(_made))
     removed = sum(storage.delete_prefix(f"{video_id}/") + storage.delete_prefix(f"encoded/{video_id}_")
-                  for video_id in dict.fromkeys(_made))
-    print(f"removed the benchmark's {len(set(_made))} videos from the bucket ({removed} objects; "
+                  for video_id in videos)
+    print(f"removed the benchmark's {len(videos)} videos from the bucket ({removed} objects; "
           "BENCH_KEEP_VIDEOS=1 keeps them)", file=sys.stderr)
     _made.clear()
 

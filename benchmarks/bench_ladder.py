@@ -186,17 +186,20 @@ def single_points(source: Path, plan: Plan, out: Path, reference: str = "x264") 
     `reference="source"` each output against the source scaled straight to its rung."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    argv, outputs = single_argv(source, plan, out, measure=True)
+    measure = reference == "x264"  # else x264 would measure what source_points measures again
+    argv, outputs = single_argv(source, plan, out, measure=measure)
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"single ffmpeg failed: {proc.stderr[-2000:]}")
+    if not measure:
+        return source_points(outputs, source, plan)
     stats: list[Quality] = x264_stats(proc.stderr, plan.total_frames)
     points = {}
     for rung, q in zip(plan.rungs, stats):
         summary = q.summary()
         bitrate = outputs[rung.name].stat().st_size * 8 / plan.duration  # whole file, like the engine's figure
         points[rung.name] = {"bitrate": bitrate, "psnr": summary["psnr_db"], "ssim": summary["ssim"]}
-    return points if reference == "x264" else source_points(outputs, source, plan)
+    return points
 
 
 def source_points(outputs: dict[str, Path], source: Path, plan: Plan) -> dict[str, dict]:
@@ -242,7 +245,7 @@ def bd_table(crfs: list[int], rows: list[dict]) -> dict:
 
         for name, metric in (("psnr", lambda p: p["psnr"]), ("ssim", lambda p: ssim_db(p["ssim"]))):
             row[f"bd_rate_{name}_pct"] = bd_rate(curve("single", metric), curve("engine", metric))
-    return {"crfs": crfs, "rungs": rows}  # `reference` is added by the caller
+    return {"crfs": crfs, "rungs": rows}  # the caller adds `reference` and `single`
 
 
 # ---------------------------------------------------------------- report
