@@ -1,12 +1,14 @@
 """`make bench`: every benchmark of issue 8 in one go, then benchmarks/results.json and the plots.
 
-    .venv/bin/python benchmarks/bench.py [--only ladder,ladder-soft,scaling,chunks,memory,orchestration] [--collect]
+    .venv/bin/python benchmarks/bench.py [--only ladder,ladder-soft,scaling,limited,chunks,memory,orchestration]
+                                         [--collect]
 
 Each part is its own script (run alone for one figure) writing OUT/results-<part>.json:
   ladder         bench_ladder.py         engine vs one ffmpeg, sequential ffmpegs, a naive chunker; BD-rate
   ladder-soft    bench_ladder.py --contenders single --pattern soft
                                          the BD-rate again on an input whose top rung is under its VBV cap
-  scaling        bench_scaling.py        1 worker vs all cores, a CPU-limited many-worker check, the model
+  scaling        bench_scaling.py        1 worker vs all cores, 8 workers sharing them, the model
+  limited        bench_limited.py        the model checked: 1-8 CPU-limited warm workers, mode "deployments"
   chunks         bench_chunks.py         chunk length 2-32 s: wall against size and PSNR
   memory         bench_memory.py         worker peak RSS, 10 s vs 10 min
   orchestration  bench_orchestration.py  Prefect per task and per subflow; the largest run
@@ -28,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PARTS = {"ladder": ["bench_ladder.py"],
          "ladder-soft": ["bench_ladder.py", "--contenders", "single", "--pattern", "soft"],
-         "scaling": ["bench_scaling.py"], "chunks": ["bench_chunks.py"], "memory": ["bench_memory.py"],
+         "scaling": ["bench_scaling.py"], "limited": ["bench_limited.py"], "chunks": ["bench_chunks.py"],
+         "memory": ["bench_memory.py"],
          "orchestration": ["bench_orchestration.py"]}
 FILES = {"ladder-soft": "results-ladder-single-soft.json"}  # the others: results-<part>.json
 # where each part's published figures live when OUT has none (the runs behind docs/performance.md)
@@ -113,6 +116,33 @@ def plot_scaling(r: dict, plt) -> Path:
     return save(fig, "bench-scaling.png", plt)
 
 
+def plot_limited(r: dict, plt) -> Path:
+    runs = r["runs"]
+    n = [run["workers"] for run in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(n, [run["flow_wall"] for run in runs], "ko-", label="measured")
+    for key, style, label in (("model_longest_first", "s--", "model (bench_scaling), from the 1-worker run"),
+                              ("model_in_order", "x:", "model, batches in submission order"),
+                              ("model_in_order_own_serial", "d:", "model's batches + each run's own serial part")):
+        ax1.plot(n, [run[key] for run in runs], style, label=label)
+    ax1.set_ylabel("run wall time, s")
+    ax2.plot(n, [100 * run["efficiency"] for run in runs], "ko-", label="measured")
+    ax2.plot(n, [100 * runs[0]["model_longest_first"] / run["model_longest_first"] / run["workers"] for run in runs],
+             "s--", label="model")
+    ax2.set_ylabel("parallel efficiency, %")
+    ax2.set_ylim(0, 105)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(n, [str(x) for x in n])
+        ax.set_xlabel(f"transcode workers, {r['cpu_per_worker']:g} of a core each")
+        ax.legend(fontsize=8)
+    inp = r["input"]
+    fig.suptitle(f"The scaling model against real workers (mode deployments, CPU-limited warm workers): "
+                 f"{inp['seconds']:g} s {inp['height']}p, {inp['chunk_seconds']:g} s chunks", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "bench-limited.png", plt)
+
+
 def plot_chunks(r: dict, plt) -> Path:
     runs = r["runs"]
     fig, ax1 = plt.subplots(figsize=(6.5, 4))
@@ -160,6 +190,8 @@ def collect(out: Path) -> dict:
             plots.append(plot_bd(data, plt, "bench-bdrate-soft.png"))
         elif part == "scaling":
             plots.append(plot_scaling(data, plt))
+        elif part == "limited":
+            plots.append(plot_limited(data, plt))
         elif part == "chunks":
             plots.append(plot_chunks(data, plt))
     results["plots"] = [str(p) for p in plots]

@@ -77,8 +77,9 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
         proc.wait()
 
 
-def deployment_run(env: dict, parameters: dict) -> tuple[float, dict]:
-    """`prefect deployment run` and wait for its end; wall from the command to the end."""
+def deployment_run(env: dict, parameters: dict) -> tuple[float, dict, str]:
+    """`prefect deployment run` and wait for its end: wall from the command to the end, the
+    result, the run's id."""
     from prefect.client.orchestration import get_client
 
     args = [PREFECT, "deployment", "run", "transcode-video/default"]
@@ -97,7 +98,7 @@ def deployment_run(env: dict, parameters: dict) -> tuple[float, dict]:
         if not run.state.is_completed():
             sys.exit(f"run {run.name} ended {run.state.name}: {run.state.message}")
         result = run.state.result()
-    return wall, json.loads(result.model_dump_json())
+    return wall, json.loads(result.model_dump_json()), run_id
 
 
 def noop_task_overhead(count: int = 200) -> dict:
@@ -157,9 +158,9 @@ def main() -> None:
         procs = start_workers(env, n, logs)
         try:
             source = unique_copy(base, out)
-            wall, result = deployment_run(env, {"source": str(source), "renditions": LADDER, "batch_chunks": batch})
+            wall, result, _ = deployment_run(env, {"source": str(source), "renditions": LADDER, "batch_chunks": batch})
             # the same video again: every chunk cached, so the runs are orchestration only
-            cached_wall, cached = deployment_run(env, {"source": str(source), "renditions": LADDER,
+            cached_wall, cached, _ = deployment_run(env, {"source": str(source), "renditions": LADDER,
                                                        "batch_chunks": batch})
         finally:
             stop_workers(procs)

@@ -19,6 +19,12 @@ MODES = ("local", "deployments")
 DEPLOYMENT = "default"  # every stage flow's deployment name in prefect.yaml
 POLL_SECONDS = 1.0
 WAITING_NOTE_SECONDS = 60.0  # how often a wait with no worker taking the runs is logged
+# How long a stage call waits out a Prefect server that cannot answer (503 while its SQLite
+# database is locked, a restart), beyond the client's own retries (about a minute). Measured:
+# nine warm workers polling an SQLite-backed server on two busy cores locked run creation
+# out for 2.5 minutes, and the whole video failed on the first batch it could not submit.
+PATIENCE_SECONDS = 600.0
+TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
 
 
 class StageFailed(RuntimeError):
@@ -57,7 +63,7 @@ class StageRunner:
                          on_done: Callable[[int, int], None] | None) -> list:
         logger = get_run_logger()
         name = f"{stage.name}/{DEPLOYMENT}"
-        final = self._wait(name, {i: self._submit(name, p) for i, p in enumerate(calls)}, len(calls), on_done)
+        final = self._wait(name, {i: self._submit(name, p, (i, 0)) for i, p in enumerate(calls)}, len(calls), on_done)
         # A crashed run lost its worker (a killed container, a reclaimed Spot instance), not
         # a fight with its input: run it once more. What it finished is cached, so the
         # second run does only the rest.
@@ -65,7 +71,8 @@ class StageRunner:
         if crashed:
             logger.warning("%s: %d runs crashed (%s); running them again", name, len(crashed),
                            ", ".join(f"{r.name}: {r.state.message}" for r in crashed.values()))
-            final.update(self._wait(name, {i: self._submit(name, calls[i]) for i in crashed}, len(calls), None))
+            final.update(self._wait(name, {i: self._submit(name, calls[i], (i, 1)) for i in crashed}, len(calls),
+                                    None))
         results, failures = [], []
         for i in range(len(calls)):
             run = final[i]
@@ -83,10 +90,17 @@ class StageRunner:
         return results
 
     @staticmethod
-    def _submit(name: str, parameters: dict[str, Any]):
+    def _submit(name: str, parameters: dict[str, Any], call: tuple[int, int]):
+        """Create the stage's run. `call` (index, round) names it to the server: a retry after
+        an answer that was lost returns the run already made instead of a second one."""
         from prefect.deployments import run_deployment
+        from prefect.runtime import flow_run
 
-        return run_deployment(name, parameters=parameters, timeout=0, as_subflow=True)
+        # the parent's own retry (run_count) submits anew: its earlier runs may have failed
+        key = f"{flow_run.id}:{flow_run.run_count}:{name}:{call[0]}:{call[1]}"
+        return patiently(f"{name}: submitting run {call[0] + 1}",
+                         lambda: run_deployment(name, parameters=parameters, timeout=0, as_subflow=True,
+                                                idempotency_key=key))
 
     @staticmethod
     def _wait(name: str, runs: dict[int, Any], total: int, on_done: Callable[[int, int], None] | None) -> dict:
@@ -102,7 +116,9 @@ class StageRunner:
             while len(final) < len(runs):
                 time.sleep(POLL_SECONDS)
                 waiting = [run_id for run_id, i in index.items() if i not in final]
-                for run in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))):
+                read = patiently(f"{name}: reading the runs' states", lambda: client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=waiting))))
+                for run in read:
                     if run.state is not None and run.state.is_final():
                         final[index[run.id]] = run
                         if on_done:
@@ -112,3 +128,30 @@ class StageRunner:
                     logger.info("%s: %d of %d runs done after %.0f s (no worker on its queue takes them?)",
                                 name, len(final), len(runs), noted - started)
         return final
+
+
+def transient(exc: BaseException) -> bool:
+    """A Prefect server that could not answer now, but may in a moment."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code in TRANSIENT_STATUS
+    return isinstance(exc, httpx.TransportError)
+
+
+def patiently(what: str, call: Callable[[], Any], patience: float | None = None) -> Any:
+    """`call()`, tried again while the server answers with a transient error, for up to
+    `patience` seconds (PATIENCE_SECONDS); each wait is logged, the last error raised."""
+    deadline = time.monotonic() + (PATIENCE_SECONDS if patience is None else patience)
+    delay = 2.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            get_run_logger().warning("%s: the Prefect server could not answer (%s); trying again in %.0f s", what,
+                                     str(exc).split(" - ")[0], delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)

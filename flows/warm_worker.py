@@ -155,7 +155,13 @@ class WarmWorker:
         self.pool_executor = ThreadPoolExecutor(max_workers=self.limit, thread_name_prefix="warm-run")
         deadline = time.monotonic() + stop_after if stop_after else None
         last_reclaim = last_beat = 0.0
-        logger.info("%s: pool %s, queues %s, %d at once", self.name, self.pool, self.queues or "all", self.limit)
+        # the flows imported now, not on the first run: a worker on a small CPU share spent
+        # seconds of that run importing the engine
+        from prefect.flows import load_flow_from_entrypoint
+
+        self._flows[None] = load_flow_from_entrypoint(self.entrypoint)
+        logger.info("%s: pool %s, queues %s, %d at once; ready", self.name, self.pool, self.queues or "all",
+                    self.limit)
         async with get_client() as client:
             while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
                 for run_id in [r for r, f in self.running.items() if f.done()]:

@@ -309,3 +309,53 @@ def test_prefect_server_restarted_mid_run(s3_server, media, tmp_path, cli_env):
     assert keys == [f"encoded/{result['video_id']}_240p.mp4"]
     down = restarted["up"] - restarted["down"]
     print(f"server down for {down:.1f} s")
+
+
+def test_stage_submission_waits_out_a_locked_server_database(prefect_server):
+    """The Prefect server answers 503 while its SQLite database is locked (nine warm workers
+    polling one on two busy cores locked run creation out for 2.5 minutes, and the video
+    failed on the first batch it could not submit). A stage call waits that out, and a
+    retried submission returns the run already made, not a second one."""
+    import sqlite3
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, temporary_settings
+
+    from flows.dispatch import StageRunner
+    from flows.transcode import transcode_video
+
+    url = get_current_settings().server.database.connection_url.get_secret_value()
+    assert url.startswith("sqlite+aiosqlite:///"), url  # the harness's own database
+    name = "locked-" + secrets.token_hex(4)
+    transcode_video.to_deployment(name=name).apply()
+    held, released = threading.Event(), {}
+
+    def lock(seconds: float = 14.0) -> None:
+        db = sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///"), isolation_level=None, timeout=60)
+        db.execute("BEGIN IMMEDIATE")  # the one writer: the server's writes wait, then give up
+        held.set()
+        time.sleep(seconds)
+        db.execute("ROLLBACK")
+        released["at"] = time.monotonic()
+        db.close()
+
+    @flow
+    def parent() -> tuple[str, str, float]:
+        locker = threading.Thread(target=lock)
+        locker.start()
+        held.wait(30)
+        started = time.monotonic()
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):  # only the stage call's own patience
+            first = StageRunner._submit(f"transcode-video/{name}", {"source": "/nonexistent.mp4"}, (0, 0))
+            again = StageRunner._submit(f"transcode-video/{name}", {"source": "/nonexistent.mp4"}, (0, 0))
+        locker.join()
+        return str(first.id), str(again.id), time.monotonic() - started
+
+    first, again, waited = parent()
+    assert first == again  # the same call, the same run
+    assert waited >= 12 and released["at"]  # it was created only once the lock was gone
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(first)
+        assert run.state.is_scheduled() and run.parameters["source"] == "/nonexistent.mp4"
+        client.delete_flow_run(first)

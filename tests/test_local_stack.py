@@ -19,10 +19,31 @@ def cli(args, env, timeout=600):
                           env=env, timeout=timeout)
 
 
-def test_up_run_down(tmp_path, media):
+def own_stack_env(tmp_path: Path) -> dict:
+    """Nothing configured but a data folder and a Prefect port of the test's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "TRANSCODE_"))}
     env.update({"TRANSCODE_DATA_DIR": str(tmp_path / "data"), "TRANSCODE_PREFECT_PORT": str(free_port()),
                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return env
+
+
+def run_benchmark(tmp_path: Path, script: str, *options: str):
+    """A benchmark script on a 4 s 360p input, on a local stack of its own (stopped after):
+    (the finished process, its output folder, the environment, the benchmarks folder)."""
+    env = own_stack_env(tmp_path)
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.run([sys.executable, str(bench / script), "--seconds", "4", "--height", "360", *options,
+                               "--out", str(out)], capture_output=True, text=True, env=env, timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        cli(["down"], env)
+    return proc, out, env, bench
+
+
+def test_up_run_down(tmp_path, media):
+    env = own_stack_env(tmp_path)
     try:
         up = cli(["up"], env)
         assert up.returncode == 0, up.stderr
@@ -53,18 +74,7 @@ def test_up_run_down(tmp_path, media):
 def test_benchmarks_run_on_a_tiny_input(tmp_path):
     """`make bench`'s ladder part and the collection of results and plots, end to end on a
     4 s 360p input (the figures mean nothing at that size; the code paths are the real ones)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "TRANSCODE_"))}
-    env.update({"TRANSCODE_DATA_DIR": str(tmp_path / "data"), "TRANSCODE_PREFECT_PORT": str(free_port()),
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
-    bench = Path(__file__).resolve().parent.parent / "benchmarks"
-    out = tmp_path / "out"
-    try:
-        proc = subprocess.run([sys.executable, str(bench / "bench_ladder.py"), "--seconds", "4", "--height", "360",
-                               "--crfs", "23,30", "--out", str(out)], capture_output=True, text=True, env=env,
-                              timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    finally:
-        cli(["down"], env)
+    proc, out, env, bench = run_benchmark(tmp_path, "bench_ladder.py", "--crfs", "23,30")
     assert "BD-rate of the engine" in proc.stdout
     # the engine's copies of the input do not stay in the stack's bucket (they filled a disk once)
     assert re.search(r"removed the benchmark's \d+ videos from the bucket \([1-9]\d* objects", proc.stderr)
@@ -91,3 +101,28 @@ def test_benchmarks_run_on_a_tiny_input(tmp_path):
     assert combined["parts"]["ladder"]["input"]["seconds"] == 4
     for name in ("bench-ladder.png", "bench-bdrate.png"):
         assert (tmp_path / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_limited_workers_check_runs_on_a_tiny_input(tmp_path):
+    """`bench_limited.py` end to end on a 4 s 360p input, 1 and 2 CPU-limited warm workers in
+    mode "deployments" (the figures mean nothing at that size; the code paths are the real ones)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_limited import cgroups_writable
+
+    why = cgroups_writable()
+    if why:
+        pytest.skip(f"CPU limits cannot be set here: {why}")
+    proc, out, _, _ = run_benchmark(tmp_path, "bench_limited.py", "--chunk-seconds", "1", "--workers", "1,2",
+                                    "--cpu", "0.5")
+    assert "model built from the 1-worker run" in proc.stdout
+    assert re.search(r"removed the benchmark's \d+ videos from the bucket \([1-9]\d* objects", proc.stderr)
+    results = json.loads((out / "results-limited.json").read_text())
+    one, two = results["runs"]
+    for run in (one, two):
+        assert run["frames_ok"] and len(run["batches"]) == run["chunks"] >= 3
+        assert all(b["encode"] > 0 and b["ended"] > b["started"] >= b["submitted"] for b in run["batches"])
+        # the quota held the workers back: the limit is real
+        assert any(t.get("nr_throttled", 0) > 0 for t in run["throttled"].values())
+    assert len({b["worker"] for b in one["batches"]}) == 1 and len({b["worker"] for b in two["batches"]}) == 2
+    assert one["model_longest_first"] == pytest.approx(one["flow_wall"])  # the model is that run's
+    assert 0 < two["model_longest_first"] < one["flow_wall"]

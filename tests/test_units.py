@@ -548,6 +548,25 @@ def test_bd_rate_and_the_scaling_model():
     assert ranged[0]["storage"] == 0 and ranged[1]["storage"] == pytest.approx(20 * RANGE_READ_FACTOR - 10)
 
 
+def test_the_limited_workers_check_builds_its_model_from_the_one_worker_run():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_limited import in_order, predict
+
+    assert in_order([4, 1, 1, 1, 1], 2) == 4 and in_order([1, 1, 1, 1, 4], 2) == 6  # longest last costs more
+    # one worker: batches submitted from 10 s on, run back to back in the order it took them
+    base = {"pre": 10.0, "post": 3.0, "batches": [
+        {"submitted": 10.1, "ended": 25.0}, {"submitted": 10.0, "ended": 20.0}, {"submitted": 10.2, "ended": 31.0}]}
+    rows = predict(base, [1, 2, 4], source_mb=100.0, s3_mb_s=1000.0)
+    assert rows[0]["batch_durations"] == pytest.approx([10.0, 5.0, 6.0])  # from the first submission, end to end
+    assert rows[0]["model_longest_first"] == pytest.approx(10 + 21 + 3)  # the 1-worker run itself
+    assert rows[1]["model_longest_first"] == pytest.approx(10 + 11 + 3)  # 10 | 6 + 5
+    assert rows[1]["model_in_order"] == pytest.approx(10 + 11 + 3)  # 10 | 5 + 6
+    assert rows[2]["model_in_order"] == pytest.approx(10 + 10 + 3)  # more workers than batches
+
+
 def test_sprites_of_120_thumbnails(tmp_path, media):
     """A video over ~200 s asks for up to 120 thumbnails: one select expression of 120 terms is
     more than ffmpeg's parser takes (found by the 10-minute memory benchmark)."""
