@@ -14,7 +14,7 @@ Each part is its own script (run alone for one figure) writing OUT/results-<part
   orchestration  bench_orchestration.py  Prefect per task and per subflow; the largest run
 `--collect` runs nothing: it gathers the parts' JSON (OUT first, then the published copies in
 benchmarks/) into benchmarks/results.json and draws docs/img/bench-*.png. On 2 cores the whole
-set takes about 1.8 hours; the machine should be otherwise idle (ratios are of wall times).
+set takes about 2.3 hours; the machine should be otherwise idle (ratios are of wall times).
 """
 
 from __future__ import annotations
