@@ -130,14 +130,18 @@ def cgroups_writable() -> str | None:
         return "needs root (cgroups)"
     if not (Path("/sys/fs/cgroup/cgroup.controllers").exists() or Path("/sys/fs/cgroup/cpu").is_dir()):
         return "no cgroup cpu controller at /sys/fs/cgroup"
+    try:  # mounted read-only in many containers
+        CpuLimit(f"bench-limited-probe-{os.getpid()}", 0.5).remove()
+    except OSError as exc:
+        return f"cannot make a cgroup with a CPU quota: {exc}"
     return None
 
 
 class Workers:
     """Warm workers on the pool of the deployments: one for the light queues, N limited ones."""
 
-    def __init__(self, env: dict, logs: Path, work: Path):
-        self.env, self.logs, self.work = env, logs, work
+    def __init__(self, env: dict, logs: Path):
+        self.env, self.logs = env, logs
         self.procs: list[tuple[subprocess.Popen, Path]] = []  # and its log
         self.limits: list[CpuLimit] = []
 
@@ -314,7 +318,7 @@ def main() -> None:
     s3_mb_s = s3_read_mb_s(out)
     source_mb = base.stat().st_size / 1e6
 
-    workers = Workers(env, logs, out / "limited-work")
+    workers = Workers(env, logs)
     workers.start("light", LIGHT_QUEUES, 8, {})
     runs, failures = [], []
     try:
