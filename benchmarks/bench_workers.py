@@ -161,7 +161,7 @@ def main() -> None:
             wall, result, _ = deployment_run(env, {"source": str(source), "renditions": LADDER, "batch_chunks": batch})
             # the same video again: every chunk cached, so the runs are orchestration only
             cached_wall, cached, _ = deployment_run(env, {"source": str(source), "renditions": LADDER,
-                                                       "batch_chunks": batch})
+                                                          "batch_chunks": batch})
         finally:
             stop_workers(procs)
         runs.append({"workers": n, "batch_chunks": batch, "batches": math.ceil(chunks / batch), "wall": wall,

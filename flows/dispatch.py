@@ -140,10 +140,10 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
-def patiently(what: str, call: Callable[[], Any], patience: float | None = None) -> Any:
+def patiently(what: str, call: Callable[[], Any]) -> Any:
     """`call()`, tried again while the server answers with a transient error, for up to
-    `patience` seconds (PATIENCE_SECONDS); each wait is logged, the last error raised."""
-    deadline = time.monotonic() + (PATIENCE_SECONDS if patience is None else patience)
+    PATIENCE_SECONDS; each wait is logged, the last error raised."""
+    deadline = time.monotonic() + PATIENCE_SECONDS
     delay = 2.0
     while True:
         try:
