@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import (LADDER, REPO, forget_made_videos, input_args, make_input, out_dir, stack_pids,  # noqa: E402
                         unique_copy)
 from bench_scaling import model  # noqa: E402
-from bench_workers import POOL, deployment_run, stack_env  # noqa: E402
+from bench_workers import POOL, deployment_run, stack_env, stop_workers  # noqa: E402
 
 PERIOD_US = 100_000
 LIGHT_QUEUES = ("orchestrate", "download", "metadata", "split", "merge")
@@ -172,12 +171,7 @@ class Workers:
     def stop(self, keep: int = 0) -> dict:
         """Stop all but the first `keep` workers; the stopped groups' throttling."""
         throttled = {}
-        for proc, _ in self.procs[keep:]:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            proc.wait()
+        stop_workers([proc for proc, _ in self.procs[keep:]])
         for group in self.limits:
             throttled[group.path.name] = group.throttled()
             group.remove()
