@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import CachePolicy
 
 from transcoder import ffmpeg, keys, thumbnails
-from transcoder.models import Plan, Rendition, Thumbnails, stable_hash
+from transcoder.models import Chunk, Plan, Rendition, Thumbnails, stable_hash
 from transcoder.settings import get_settings
 from transcoder.storage import Storage, in_parallel
 from transcoder.transcode import scan_key, thumb_size
@@ -79,24 +79,36 @@ def _from_chunk_scans(plan: Plan, storage: Storage, scratch: Path, timeout: floa
     when a chunk has no scan (encoded by an older version, or its scan failed to store)."""
     logger = get_run_logger()
     fps = float(plan.fps)
-    scans = in_parallel(storage.get_json, [scan_key(plan, chunk) for chunk in plan.chunks])
-    missing = [c.name for c, scan in zip(plan.chunks, scans) if not scan or scan.get("version") != thumbnails.SCAN_VERSION]
+    count = sum(c.out_frames for c in plan.chunks)
+
+    def digest(chunk: Chunk) -> thumbnails.ScanDigest | None:
+        scan = storage.get_json(scan_key(plan, chunk))
+        if not scan or scan.get("version") != thumbnails.SCAN_VERSION or not scan.get("frames"):
+            return None
+        return thumbnails.digest_scan(scan, fps, plan.duration, count // 2)
+
+    scans = in_parallel(digest, plan.chunks)
+    missing = [c.name for c, scan in zip(plan.chunks, scans) if scan is None]
     if missing:
         logger.info("thumbnails: %d of %d chunks have no scan (%s...); scanning the smallest rendition",
                     len(missing), len(plan.chunks), ", ".join(missing[:3]))
         return None
-    frames = [f for scan in scans for f in thumbnails.scan_frames(scan, fps)]
-    if len(scans) > 1:  # a chunk's first frame against the previous chunk's last
-        joints = scratch / "joints"
-        joints.mkdir()
-        thumbnails.joint_pictures(scans, joints)
-        ffmpeg.run(thumbnails.joints_argv(joints, scratch / "joints.txt"), timeout, "thumbnail joints")
-        for scan, score in zip(scans[1:], thumbnails.joint_scores(scratch / "joints.txt"), strict=True):
-            first = frames[scan["out_start"]]
-            frames[first.n] = dataclasses.replace(first, scene=score)
+    joints: list[float | None] = [None]  # a chunk's first frame scored against the previous chunk's last
+    if len(scans) > 1:
+        folder = scratch / "joints"
+        folder.mkdir()
+        thumbnails.joint_pictures(scans, folder)
+        ffmpeg.run(thumbnails.joints_argv(folder, scratch / "joints.txt"), timeout, "thumbnail joints")
+        joints += thumbnails.joint_scores(scratch / "joints.txt")
+    if len(joints) != len(scans):
+        raise RuntimeError(f"thumbnails: {len(joints) - 1} joint scores for {len(scans) - 1} joints")
+    frames = []
+    for scan, score in zip(scans, joints):
+        first, *rest = scan.frames
+        frames += [first if score is None else dataclasses.replace(first, scene=score), *rest]
     bounds = [c.out_start for c in plan.chunks]
-    picks = thumbnails.pick_thumbnails(frames, fps, plan.duration, bounds)
-    kept = {int(n): picture for scan in scans for n, picture in scan["pictures"].items()}
+    picks = thumbnails.pick_thumbnails(frames, fps, plan.duration, bounds, count)
+    kept = {int(n): picture for scan in scans for n, picture in scan.pictures.items()}
     lacking = [f.n for _, _, f in picks if f.n not in kept]
     if lacking:  # a bug: the chunks keep every frame a pick can choose (chunk_candidates)
         logger.warning("thumbnails: frames %s were not kept by their chunks; scanning the smallest rendition",
@@ -105,7 +117,7 @@ def _from_chunk_scans(plan: Plan, storage: Storage, scratch: Path, timeout: floa
     for i, (_, _, frame) in enumerate(picks):
         (scratch / f"p_{i:05d}.jpg").write_bytes(base64.b64decode(kept[frame.n]))
     ffmpeg.run(thumbnails.tile_argv(scratch, scratch / "sprite_%03d.jpg"), timeout, "thumbnail sprites")
-    return picks, thumbnails.pick_poster(frames, fps, plan.duration, bounds)
+    return picks, thumbnails.pick_poster(frames, fps, plan.duration, bounds, count)
 
 
 def _from_rendition(plan: Plan, small: Rendition, storage: Storage, scratch: Path, timeout: float,

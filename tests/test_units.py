@@ -116,6 +116,17 @@ def test_chunks_weigh_their_source_bytes(tmp_path):
                               "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
     assert read.sizes is not None and len(read.sizes) == len(read.pts) >= 50
     assert sum(read.sizes) == sum(int(x) for x in packets)
+    # B-frames: the packets come in decode order; the index is in presentation order, each
+    # frame with its own size and key flag
+    path = make_sample("open_gop", tmp_path / "b.mp4", seconds=2, width=320, height=180, fps="25")
+    read = frame_index(path, get_settings())
+    rows = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,size,flags",
+                           "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout.split()
+    decoded = [(int(pts), int(size), "K" in flags) for pts, size, flags in (r.split(",") for r in rows)]
+    assert [pts for pts, _, _ in decoded] != sorted(pts for pts, _, _ in decoded)
+    shown = sorted(decoded)
+    assert list(read.pts) == [pts for pts, _, _ in shown] and list(read.sizes) == [size for _, size, _ in shown]
+    assert read.keyframes == {i for i, (_, _, key) in enumerate(shown) if key}
 
 
 def test_chunks_are_cut_between_frames_and_seek_onto_their_keyframe():
@@ -431,6 +442,31 @@ def test_each_chunk_keeps_every_frame_a_thumbnail_can_be():
     assert chosen[8] == 249 and chosen[12] == 310 and chosen[18] == 499  # 249 and 499 end their chunks
     assert pick_poster(frames, 25.0, 30.0, bounds).n in kept
     assert len(kept) < len(frames) / 5
+
+
+@pytest.mark.parametrize("kind", ["cuts", "one shot", "all black"])
+def test_the_merge_picks_from_the_scans_digests_as_from_every_frame(kind):
+    """The merge keeps of each chunk's scan only the frames a pick can land on
+    (`digest_scan`), so its memory does not grow with the video's length; the picks and the
+    poster are the same as from every frame of the video."""
+    from transcoder.thumbnails import (SCAN_VERSION, chunk_candidates, digest_scan, pick_poster,
+                                       pick_thumbnails)
+
+    frames = _frames(seconds=30, cut_at=(3.0, 7.0, 9.96, 12.0, 19.92) if kind == "cuts" else (),
+                     black_until=30.0 if kind == "all black" else 0.5)
+    bounds = [0, 50, 100, 250, 300, 500, 740]
+    digests = []
+    for start, end in zip(bounds, bounds[1:] + [len(frames)]):
+        chunk = frames[start:end]
+        scan = {"version": SCAN_VERSION, "out_start": start,
+                "frames": [[f.scene, f.luma_avg, f.luma_low, f.luma_high, f.saturation] for f in chunk],
+                "pictures": {str(n): "" for n in chunk_candidates(chunk, 25.0, 30.0)}}
+        digests.append(digest_scan(scan, 25.0, 30.0, len(frames) // 2))
+    sparse = [f for d in digests for f in d.frames]
+    assert len(sparse) < len(frames) / 5
+    args = (25.0, 30.0, bounds)
+    assert pick_thumbnails(sparse, *args, len(frames)) == pick_thumbnails(frames, *args)
+    assert pick_poster(sparse, *args, len(frames)) == pick_poster(frames, *args)
 
 
 def test_demo_gets_every_run_option():

@@ -14,6 +14,7 @@ its limits refuse.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,8 +55,9 @@ def keep_facts(source: SourceObject, facts: SourceFacts, storage: Storage, setti
         "sha256": source.sha256,
         "limits": _limits(settings),
         "probe": facts.probe.model_dump(mode="json"),
-        "index": {"time_base": str(facts.index.time_base), "pts": facts.index.pts,
-                  "keyframes": sorted(facts.index.keyframes), "sizes": facts.index.sizes},
+        "index": {"time_base": str(facts.index.time_base), "pts": list(facts.index.pts),
+                  "keyframes": sorted(facts.index.keyframes),
+                  "sizes": None if facts.index.sizes is None else list(facts.index.sizes)},
     })
 
 
@@ -65,10 +67,12 @@ def source_facts(source: SourceObject, storage: Storage, settings: Settings) -> 
     record = storage.get_json(keys.facts(source.video_id))
     if (record and record.get("format") == FORMAT and record.get("sha256") == source.sha256
             and record.get("limits") == _limits(settings)):
-        index = record["index"]
+        # each list becomes a flat array (8 bytes a frame) and is freed as soon as it is copied
+        index = record.pop("index")
         return SourceFacts(probe=Probe.model_validate(record["probe"]),
-                           index=FrameIndex(pts=index["pts"], keyframes=set(index["keyframes"]),
-                                            time_base=Fraction(index["time_base"]), sizes=index["sizes"]))
+                           index=FrameIndex(pts=array("q", index.pop("pts")), keyframes=set(index["keyframes"]),
+                                            time_base=Fraction(index["time_base"]),
+                                            sizes=None if index["sizes"] is None else array("q", index.pop("sizes"))))
     facts = read_facts(source, storage, settings)
     keep_facts(source, facts, storage, settings)
     return facts

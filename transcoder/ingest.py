@@ -34,11 +34,10 @@ MEDIA_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    # read into one 256 KiB buffer (hashlib.file_digest), not a new 1 MiB block a read: the
+    # merge hashes 16 segments at once, and those blocks made its worker's peak (+6 MiB)
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sha256_local(path: Path, settings: Settings) -> str:

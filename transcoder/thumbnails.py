@@ -97,21 +97,25 @@ def interval_for(duration: float) -> float:
     return max(MIN_INTERVAL, math.ceil(duration / MAX_THUMBS))
 
 
-def shot_starts(frames: list[FrameStats], fps: float, bounds: Sequence[int] = ()) -> list[FrameStats]:
+def shot_starts(frames: Sequence[FrameStats], fps: float, bounds: Sequence[int] = (),
+                count: int | None = None) -> list[FrameStats]:
     """The settled first frame of every shot (the video's start is a shot start).
 
     `bounds`: the first frame of each chunk; a shot's settled frame stays in the chunk its
     cut is in (the chunk's scan keeps it), so a cut just before a chunk's end gives that
-    chunk's last frame."""
+    chunk's last frame. `frames` and `count`: see `pick_thumbnails`."""
+    if not frames:
+        return []
+    by_number = {f.n: f for f in frames}
     settle = max(1, round(SETTLE_SECONDS * fps))
     cuts = [0] + [f.n for f in frames if f.scene > SCENE_CUT]
-    last = len(frames) - 1
+    last = (len(frames) if count is None else count) - 1
     starts = []
     for c in cuts:
         after = bisect.bisect_right(bounds, c)  # the next chunk's first frame, if any
         end = bounds[after] - 1 if after < len(bounds) else last
-        starts.append(frames[min(c + settle, end, last)])
-    return starts if frames else []
+        starts.append(by_number[min(c + settle, end, last)])
+    return starts
 
 
 def intervals(duration: float) -> list[tuple[float, float]]:
@@ -128,10 +132,13 @@ def nearest_middle(frames: Iterable[FrameStats], lo: float, hi: float) -> FrameS
     return min(inside, key=lambda f: (f.blank, abs(f.time - middle))) if inside else None
 
 
-def pick_thumbnails(frames: list[FrameStats], fps: float, duration: float,
-                    bounds: Sequence[int] = ()) -> list[tuple[float, float, FrameStats]]:
-    """(cue start, cue end, frame) for every interval of the video."""
-    starts = shot_starts(frames, fps, bounds)
+def pick_thumbnails(frames: Sequence[FrameStats], fps: float, duration: float, bounds: Sequence[int] = (),
+                    count: int | None = None) -> list[tuple[float, float, FrameStats]]:
+    """(cue start, cue end, frame) for every interval of the video.
+
+    `frames`: every frame of the video in order; or, with `count` (the video's frames), only
+    those the picks can land on, in order (`digest_scan`), for the same picks."""
+    starts = shot_starts(frames, fps, bounds, count)
     picks = []
     for lo, hi in intervals(duration):
         fallback = nearest_middle(frames, lo, hi)
@@ -142,15 +149,18 @@ def pick_thumbnails(frames: list[FrameStats], fps: float, duration: float,
     return picks
 
 
-def pick_poster(frames: list[FrameStats], fps: float, duration: float, bounds: Sequence[int] = ()) -> FrameStats:
-    candidates = [f for f in shot_starts(frames, fps, bounds) if not f.blank and f.time <= duration / 2]
+def pick_poster(frames: Sequence[FrameStats], fps: float, duration: float, bounds: Sequence[int] = (),
+                count: int | None = None) -> FrameStats:
+    """`frames` and `count`: as `pick_thumbnails`."""
+    candidates = [f for f in shot_starts(frames, fps, bounds, count) if not f.blank and f.time <= duration / 2]
     if candidates:
         return max(candidates, key=lambda f: f.interest)
     # one long shot: the liveliest non-blank frame of the first half, else the middle
     lively = [f for f in frames if not f.blank and f.time <= duration / 2]
     if lively:
         return max(lively, key=lambda f: f.interest)
-    return frames[len(frames) // 2]
+    middle = (len(frames) if count is None else count) // 2
+    return next(f for f in frames if f.n == middle) if count is not None else frames[middle]
 
 
 def thumb_size(width: int, height: int) -> tuple[int, int]:
@@ -251,17 +261,45 @@ def scan_frames(scan: dict, fps: float) -> list[FrameStats]:
                        luma_high=row[3], saturation=row[4]) for i, row in enumerate(scan["frames"])]
 
 
-def joint_pictures(scans: list[dict], folder: Path) -> int:
+@dataclass(frozen=True)
+class ScanDigest:
+    """What the merge keeps of one chunk's scan: the few frames a pick over the whole video
+    can land on, and their pictures. Held for every chunk at once, so it must not grow with
+    the chunk's length: the scan's per-frame scores (about 0.5 KB a frame as parsed JSON and
+    `FrameStats`, 7 MiB for 10 minutes) are dropped as each scan is read."""
+
+    out_start: int
+    count: int  # the chunk's frames
+    frames: tuple[FrameStats, ...]  # in order; the first and last always among them
+    pictures: dict[str, str]  # frame number -> JPEG, base64 (`chunk_scan`)
+
+
+def digest_scan(scan: dict, fps: float, duration: float, middle: int) -> ScanDigest:
+    """The frames of a chunk's scan that `pick_thumbnails` and `pick_poster` can choose or
+    decide by: the kept candidates (`chunk_candidates`), each frame that cuts to a new shot,
+    the chunk's first (its joint score replaces its own) and last, its liveliest frame of the
+    video's first half (the poster of a video without a cut) and the video's `middle` frame
+    (of one with no lively frame either)."""
+    every = scan_frames(scan, fps)
+    keep = {int(n) for n in scan["pictures"]} | {every[0].n, every[-1].n, middle}
+    keep |= {f.n for f in every if f.scene > SCENE_CUT}
+    lively = [f for f in every if not f.blank and f.time <= duration / 2]
+    if lively:
+        keep.add(max(lively, key=lambda f: f.interest).n)
+    return ScanDigest(scan["out_start"], len(every), tuple(f for f in every if f.n in keep), scan["pictures"])
+
+
+def joint_pictures(scans: Sequence[ScanDigest], folder: Path) -> int:
     """For each joint, the previous chunk's last picture twice, then the next chunk's first
     (j_00000.jpg, ...): ffmpeg's scene score of that third frame is the joint's (the
     repeated frame makes the previous difference zero, as within a still shot)."""
     written = 0
     for before, after in zip(scans, scans[1:]):
-        last = str(before["out_start"] + len(before["frames"]) - 1)
-        first = str(after["out_start"])
+        last = str(before.out_start + before.count - 1)
+        first = str(after.out_start)
         for name in (last, last, first):
             source = before if name == last else after
-            (folder / f"j_{written:05d}.jpg").write_bytes(base64.b64decode(source["pictures"][name]))
+            (folder / f"j_{written:05d}.jpg").write_bytes(base64.b64decode(source.pictures[name]))
             written += 1
     return written
 
