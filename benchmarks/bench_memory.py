@@ -1,6 +1,6 @@
 """Memory: a worker's peak RSS against the video's length (10 s vs 10 min, same picture size).
 
-    .venv/bin/python benchmarks/bench_memory.py [--lengths 10,60,180,600] [--height 480]
+    .venv/bin/python benchmarks/bench_memory.py [--lengths 10,60,180,600,1800] [--height 480]
 
 Each input (every length in seconds, shortest first) runs cold through `transcode run` (mode local: the command's process is the worker,
 its ffmpegs its children). Sampled every 0.2 s: the worker's Python process (its VmHWM, the
@@ -13,13 +13,14 @@ which is what this checks. Writes OUT/results-memory.json. Loopback only.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import TRANSCODE, make_input, out_dir, proc_table, stack_pids, tree_usage, unique_copy  # noqa: E402
+from bench_core import FFMPEG, TRANSCODE, make_input, out_dir, proc_table, stack_pids, tree_usage, unique_copy  # noqa: E402
 
 LADDER = "360p,240p"
 
@@ -48,6 +49,28 @@ def cmdline_of(pid: int) -> str:
         return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"))[:600]
     except OSError:
         return ""
+
+
+PIECE = 600  # seconds: longer inputs are this one over again (the fractal part of the pattern
+             # slows lavfi's generation to a crawl past about 10 minutes)
+
+
+def input_of(out: Path, seconds: float, height: int) -> Path:
+    """The test pattern, `seconds` long; past PIECE, PIECE-second copies joined by stream copy."""
+    if seconds <= PIECE:
+        return make_input(out, seconds, height)
+    copies = math.ceil(seconds / PIECE)
+    piece = make_input(out, PIECE, height)
+    joined = out / f"source-{copies * PIECE}s-{height}p-gop50.mp4"
+    if not joined.exists():
+        listing = out / f"{joined.stem}.txt"
+        listing.write_text(f"file '{piece.resolve()}'\n" * copies)
+        subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-f", "concat", "-safe", "0",
+                        "-i", str(listing), "-map", "0", "-c", "copy", str(joined.with_suffix(".part.mp4"))],
+                       check=True)
+        joined.with_suffix(".part.mp4").rename(joined)
+        listing.unlink()
+    return joined
 
 
 def run_sampled(source: Path) -> dict:
@@ -85,7 +108,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="10,60,180,600", help="seconds of video, comma-separated")
+    parser.add_argument("--lengths", default="10,60,180,600,1800", help="seconds of video, comma-separated")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     args = parser.parse_args()
@@ -96,7 +119,7 @@ def main() -> None:
     lengths = sorted(float(x) for x in args.lengths.split(","))
     for seconds in lengths:
         print(f"{seconds:g} s input ...", file=sys.stderr)
-        source = unique_copy(make_input(out.parent, seconds, args.height), out)
+        source = unique_copy(input_of(out.parent, seconds, args.height), out)
         rows.append({"seconds": seconds, **run_sampled(source)})
     results = {"height": args.height, "ladder": LADDER, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": rows,
                # shortest to longest; and from the second length, where every stage runs as many

@@ -28,8 +28,8 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
     scratch = scratch_dir(settings, plan.video_id, f"assemble_{rung.name}")
     try:
         def fetch(seg: Segment) -> tuple[Segment, Path]:
-            path = storage.download(seg.key, scratch / f"seg_{seg.index:05d}{Path(seg.key).suffix}")
-            if sha256_file(path) != seg.sha256:
+            path = scratch / f"seg_{seg.index:05d}{Path(seg.key).suffix}"
+            if storage.download_hashed(seg.key, path) != seg.sha256:
                 storage.delete(seg.key)  # never assembled, never trusted again: a rerun encodes it anew
                 raise VerificationError(f"{rung.name} segment {seg.index:05d} in storage is not the one encoded "
                                         f"(sha256 differs); it was removed: rerun to encode it again")

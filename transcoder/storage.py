@@ -9,6 +9,7 @@ Downloads land under a temporary name and are renamed, so a half file never look
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -217,17 +218,37 @@ class Storage:
             raise RetryableError(f"upload of {key} failed: {exc}") from exc
 
     def download(self, key: str, path: Path) -> Path:
+        self._download(key, path, lambda tmp: self.block.download_object_to_path(key, str(tmp),
+                                                                                 Config=self.transfer_config))
+        return path
+
+    def download_hashed(self, key: str, path: Path) -> str:
+        """Download `key` to `path` and return the bytes' sha256, in one pass through one
+        256 KiB buffer. The merge fetches and checks 16 segments at once; downloading, then
+        reading each file again to hash it, made the worker's peak (+10 MiB at 30 minutes)."""
+        digest = hashlib.sha256()
+
+        def stream(tmp: Path) -> None:
+            body = self.client.get_object(Bucket=self.name, Key=key)["Body"]
+            with open(tmp, "wb") as f:
+                for block in body.iter_chunks(1 << 18):
+                    digest.update(block)
+                    f.write(block)
+
+        self._download(key, path, stream)
+        return digest.hexdigest()
+
+    def _download(self, key: str, path: Path, write: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            self.block.download_object_to_path(key, str(tmp), Config=self.transfer_config)
+            write(tmp)
             os.replace(tmp, path)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             if is_disk_full(exc) or is_disk_full(exc.__context__ or exc):
                 raise DiskFullError(f"download of {key}") from None
             raise RetryableError(f"download of {key} failed: {exc}") from exc
-        return path
 
     def head(self, key: str) -> dict | None:
         """Size, user metadata and ETag of an object, or None when it does not exist."""
