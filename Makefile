@@ -29,7 +29,7 @@ load:
 	@TRANSCODE_LOAD_VIDEOS=$${TRANSCODE_LOAD_VIDEOS:-1000} TRANSCODE_LOAD_OUT=benchmarks \
 		TRANSCODE_LOAD_PLOT=docs/img/load.png $(PY) -m pytest -m load -s $(PYTEST_ARGS)
 
-# issue 8's benchmarks (about 2.3 h on 2 cores; BENCH_ARGS="--only ladder" for one part): figures in
+# issue 8's benchmarks (about 2.4 h on 2 cores; BENCH_ARGS="--only ladder" for one part): figures in
 # benchmarks/results.json, plots docs/img/bench-*.png, written up in docs/performance.md
 bench: setup
 	@$(PY) benchmarks/bench.py $(BENCH_ARGS)

@@ -10,7 +10,7 @@ Each part is its own script (run alone for one figure) writing OUT/results-<part
   scaling        bench_scaling.py        1 worker vs all cores, 8 workers sharing them, the model
   limited        bench_limited.py        the model checked: 1-8 CPU-limited warm workers, mode "deployments"
   chunks         bench_chunks.py         chunk length 2-32 s: wall against size and PSNR
-  memory         bench_memory.py         worker peak RSS, 10 s vs 10 min
+  memory         bench_memory.py         worker peak RSS, 10 s to 30 min
   orchestration  bench_orchestration.py  Prefect per task and per subflow; the largest run
 `--collect` runs nothing: it gathers the parts' JSON (OUT first, then the published copies in
 benchmarks/) into benchmarks/results.json and draws docs/img/bench-*.png. On 2 cores the whole
@@ -160,6 +160,29 @@ def plot_chunks(r: dict, plt) -> Path:
     return save(fig, "bench-chunks.png", plt)
 
 
+def plot_memory(r: dict, plt) -> Path:
+    runs = r["runs"]
+    minutes = [run["seconds"] / 60 for run in runs]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, style, label in (("worker_peak_rss", "ko-", "worker (the command's Python process)"),
+                              ("largest_ffmpeg_rss", "s--", "largest single ffmpeg")):
+        ax.plot(minutes, [run[key] / 2**20 for run in runs], style, label=label)
+        for x, run in zip(minutes, runs):
+            ax.annotate(f"{run[key] / 2**20:.0f}", (x, run[key] / 2**20), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xticks(minutes, [f"{run['seconds']:g} s" if run["seconds"] < 60 else f"{run['seconds'] / 60:g} min"
+                            for run in runs])
+    ax.set_xlabel(f"video length ({r['height']}p; chunks: "
+                  f"{', '.join(str(run['chunks']) for run in runs)})")
+    ax.set_ylabel("peak RSS, MiB")
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Peak memory against the video's length (ladder {r['ladder']})", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "bench-memory.png", plt)
+
+
 def save(fig, name: str, plt) -> Path:
     IMG.mkdir(parents=True, exist_ok=True)
     path = IMG / name
@@ -194,6 +217,8 @@ def collect(out: Path) -> dict:
             plots.append(plot_limited(data, plt))
         elif part == "chunks":
             plots.append(plot_chunks(data, plt))
+        elif part == "memory":
+            plots.append(plot_memory(data, plt))
     results["plots"] = [str(p) for p in plots]
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"{RESULTS}; plots: {', '.join(results['plots'])}")
