@@ -225,9 +225,8 @@ class Storage:
     def download_hashed(self, key: str, path: Path) -> str:
         """Download `key` to `path` and return the bytes' sha256, in one pass, 64 KiB a read.
         The merge fetches and checks 16 segments at once: downloading, then reading each file
-        again to hash it, made the worker's peak; so did 256 KiB reads, which the HTTP stack
-        copies more than once (30 minutes of video, the peak at the merge's start: 166 MiB,
-        then 156-158 with 256 KiB reads, 154 with 64 KiB; sampled runs)."""
+        again to hash it, made the worker's peak (30 minutes of video, at the merge's start:
+        166 MiB; 156-158 hashing as it downloads with 256 KiB reads, 154-156.5 with 64 KiB)."""
         digest = hashlib.sha256()
 
         def stream(tmp: Path) -> None:
