@@ -67,12 +67,11 @@ def source_facts(source: SourceObject, storage: Storage, settings: Settings) -> 
     record = storage.get_json(keys.facts(source.video_id))
     if (record and record.get("format") == FORMAT and record.get("sha256") == source.sha256
             and record.get("limits") == _limits(settings)):
-        # each list becomes a flat array (8 bytes a frame) and is freed as soon as it is copied
-        index = record.pop("index")
+        index = record["index"]  # its lists held as flat arrays, 8 bytes a frame (FrameIndex)
         return SourceFacts(probe=Probe.model_validate(record["probe"]),
-                           index=FrameIndex(pts=array("q", index.pop("pts")), keyframes=set(index["keyframes"]),
+                           index=FrameIndex(pts=array("q", index["pts"]), keyframes=set(index["keyframes"]),
                                             time_base=Fraction(index["time_base"]),
-                                            sizes=None if index["sizes"] is None else array("q", index.pop("sizes"))))
+                                            sizes=None if index["sizes"] is None else array("q", index["sizes"])))
     facts = read_facts(source, storage, settings)
     keep_facts(source, facts, storage, settings)
     return facts

@@ -160,7 +160,7 @@ def pick_poster(frames: Sequence[FrameStats], fps: float, duration: float, bound
     if lively:
         return max(lively, key=lambda f: f.interest)
     middle = (len(frames) if count is None else count) // 2
-    return next(f for f in frames if f.n == middle) if count is not None else frames[middle]
+    return next(f for f in frames if f.n == middle)
 
 
 def thumb_size(width: int, height: int) -> tuple[int, int]:
