@@ -43,3 +43,28 @@ def test_chunk_intermediates_carry_the_lifecycle_tag(engine, tmp_path):
     tags = engine.s3.get_object_tagging(Bucket=engine.bucket, Key="vid/chunks/source/chunk_00000.ts")["TagSet"]
     assert tags == [{"Key": "transcode-intermediate", "Value": "chunk"}]
     assert engine.s3.get_object_tagging(Bucket=engine.bucket, Key="vid/outputs/240p/segments/seg_00000.ts")["TagSet"] == []
+
+
+def test_large_objects_download_whole_with_little_held_in_memory(engine, tmp_path):
+    """An object of several parts comes back byte for byte on each download path: on its
+    own (parts in flight, at most IO_QUEUE pieces read but not yet written: boto3 allows
+    100, 25 MiB, and a 30-minute video's audio filled it), inside `in_parallel` (one
+    stream per thread) and hashed as it downloads."""
+    import hashlib
+    import os
+
+    from transcoder.storage import IO_QUEUE, Storage, in_parallel
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(19 * 2**20))  # three 8 MiB parts
+    want = hashlib.sha256(big.read_bytes()).hexdigest()
+    storage = Storage()
+    storage.upload(big, "vid/outputs/audio/big.bin")
+    config = storage.transfer_config
+    assert config.use_threads and config.max_io_queue == IO_QUEUE and IO_QUEUE * config.io_chunksize <= 2 * 2**20
+    alone = storage.download("vid/outputs/audio/big.bin", tmp_path / "alone.bin")
+    assert hashlib.sha256(alone.read_bytes()).hexdigest() == want
+    pooled = in_parallel(lambda i: storage.download("vid/outputs/audio/big.bin", tmp_path / f"p{i}.bin"), [0, 1])
+    assert all(hashlib.sha256(p.read_bytes()).hexdigest() == want for p in pooled)
+    assert storage.download_hashed("vid/outputs/audio/big.bin", tmp_path / "hashed.bin") == want
+    assert not list(tmp_path.glob(".*.part"))  # no half file left behind

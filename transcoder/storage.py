@@ -160,6 +160,14 @@ MANY_IN_FLIGHT = 8
 # peak (bench_memory, 10 minutes: 151 MiB against 143 before the merge).
 _pooled = threading.local()
 
+# Pieces (256 KiB each) a threaded download may hold in memory, read but not yet written:
+# boto3 allows 100. Its parts arrive faster than its one writer thread gets the GIL while
+# the merge's other threads run, so the queue filled: downloading a 30-minute video's
+# audio track (29 MB, three times at once: each rung's assembly and the audio's HLS
+# package) held 12 MiB of it (tracemalloc), the worker's peak at the merge's start
+# (bench_memory, 30 minutes: 156.0-157.6 MiB; 153 with 8, the start's rise gone).
+IO_QUEUE = 8
+
 
 def in_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """`fn` over `items`, MANY_IN_FLIGHT at a time; results in order, the first error raised."""
@@ -189,7 +197,8 @@ class Storage:
     def _transfer_configs(self):
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(max_concurrency=get_settings().s3_transfer_threads), TransferConfig(use_threads=False)
+        return (TransferConfig(max_concurrency=get_settings().s3_transfer_threads, max_io_queue=IO_QUEUE),
+                TransferConfig(use_threads=False))
 
     @property
     def transfer_config(self):
@@ -225,8 +234,9 @@ class Storage:
     def download_hashed(self, key: str, path: Path) -> str:
         """Download `key` to `path` and return the bytes' sha256, in one pass, 64 KiB a read.
         The merge fetches and checks 16 segments at once: downloading, then reading each file
-        again to hash it, made the worker's peak (30 minutes of video, at the merge's start:
-        166 MiB; 156-158 hashing as it downloads with 256 KiB reads, 154-156.5 with 64 KiB)."""
+        again to hash it, added to the worker's peak (30 minutes of video, at the merge's start:
+        166 MiB; 156-158 hashing as it downloads; the rest of that rise was the audio's
+        download queue, IO_QUEUE)."""
         digest = hashlib.sha256()
 
         def stream(tmp: Path) -> None:
