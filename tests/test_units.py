@@ -681,3 +681,22 @@ def test_a_full_storage_server_is_named_and_not_retried():
     err = StorageFullError("upload of v/outputs/720p.mp4", "XMinioStorageFull")
     assert not isinstance(err, RetryableError)
     assert "out of space" in err.summary and "finished chunks are kept" in err.summary and "720p.mp4" in err.summary
+
+
+def test_a_storage_block_with_a_folder_is_refused_by_name():
+    """A folder on the storage block would put uploads under it while lookups, records,
+    locks and links name keys from the bucket's root: refused with a message that says so,
+    before anything is written."""
+    from prefect_aws import AwsCredentials, S3Bucket
+
+    from transcoder.errors import ConfigurationError, RetryableError
+    from transcoder.storage import DirectBucket, Storage
+
+    block = S3Bucket(bucket_name="videos", bucket_folder="team-a", credentials=AwsCredentials())
+    with pytest.raises(ConfigurationError) as refused:
+        Storage(block)
+    assert "bucket_folder 'team-a'" in refused.value.summary and "without a folder" in refused.value.summary
+    assert not isinstance(refused.value, RetryableError)  # a retry would fail the same way
+    # without a folder (the stack's own block, or a plain boto3 bucket) nothing is refused
+    assert Storage(S3Bucket(bucket_name="videos", credentials=AwsCredentials())).name == "videos"
+    assert Storage(DirectBucket("http://127.0.0.1:9", "k", "s", "videos", "us-east-1")).name == "videos"

@@ -24,6 +24,15 @@ class BadInputError(TranscodeError):
     """The input cannot be transcoded; retrying will not help."""
 
 
+class ConfigurationError(TranscodeError):
+    """The engine's configuration cannot work (a block, a setting): fixing it, not retrying,
+    is what helps."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.summary = message
+
+
 class VerificationError(TranscodeError):
     """An output did not match the plan (frame count, duration, decodability)."""
 

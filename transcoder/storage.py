@@ -19,7 +19,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import DiskFullError, RetryableError, StorageFullError, is_disk_full, storage_full_code
+from .errors import (ConfigurationError, DiskFullError, RetryableError, StorageFullError, is_disk_full,
+                     storage_full_code)
 from .settings import Settings, get_settings
 
 # Checksums only where the API requires them: segments carry their own sha256, and a
@@ -188,6 +189,17 @@ class Storage:
 
     def __init__(self, bucket=None):
         self.block = bucket or get_bucket()
+        folder = getattr(self.block, "bucket_folder", "")
+        if folder:
+            # The block applies its folder to uploads and downloads, but the engine's direct
+            # requests (lookups, JSON records, locks, presigned links), the ingest API and the
+            # bucket notifications name keys from the bucket's root: half the objects would
+            # land where the other half is never looked for.
+            name = getattr(self.block, "_block_document_name", None) or get_settings().storage_block
+            raise ConfigurationError(
+                f"storage block {name!r} has bucket_folder {folder!r}, which the engine does not support: it lays "
+                "out its own keys from the bucket's root ({video_id}/..., encoded/...); save the block without a "
+                "folder and give the engine a bucket of its own")
 
     @cached_property
     def client(self):
