@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_memory.py [--lengths 10,60,180,600,1800] [--height 480]
 
 Each input (every length in seconds, shortest first) runs cold through `transcode run` (mode
-local: the command's process is the worker, its ffmpegs its children). Sampled every 0.2 s: the worker's Python process (its VmHWM, the
-kernel's own high-water mark), the largest single ffmpeg, and everything the command started
-at once. The picture size is kept small so the 10-minute run fits in minutes on 2 cores;
+local: the command's process is the worker, its ffmpegs its children). Sampled every 0.2 s:
+the worker's Python process (its VmHWM, the kernel's own high-water mark), the largest single
+ffmpeg, and everything the command started at once. The picture size is kept small so the 10-minute run fits in minutes on 2 cores;
 memory per ffmpeg depends on the picture size and the chunk, not on the video's length,
 which is what this checks. Writes OUT/results-memory.json. Loopback only.
 """
