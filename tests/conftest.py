@@ -126,6 +126,30 @@ class Engine:
         return path
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs("64m")`: a folder on a tmpfs of that size, a disk that fills up (needs root, as
+    the README's commands have); the test is skipped loudly without."""
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{len(mounts)}"
+        folder.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            warnings.warn(f"cannot mount a tmpfs ({proc.stderr.strip()}): the full-disk test is skipped")
+            pytest.skip("no tmpfs: " + proc.stderr.strip())
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory):
     """`media(kind, **options)` → a generated sample file (made once per session)."""

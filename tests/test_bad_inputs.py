@@ -91,6 +91,7 @@ def test_bad_input_is_refused_clearly_and_leaves_nothing_finished(kind, engine, 
     assert not (trap and trap.opened), "the input made the engine open the file it points at"
     message = str(info.value)
     assert CASES[kind] in message and "\n" not in message
+    assert "/" not in message.split(": ", 1)[-1], "the message shows a path on the worker"
     assert not engine.keys("encoded/")
     # only the original, as received, is kept (under {video_id}/source/)
     assert all("/source/" in k for k in engine.keys()), engine.keys()

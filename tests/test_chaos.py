@@ -147,17 +147,8 @@ def test_s3_gone_for_20_seconds_mid_run(own_s3_engine, media, tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MiB tmpfs (needs root, as the README's commands have); skipped loudly without."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        warnings.warn(f"cannot mount a tmpfs ({proc.stderr.strip()}): the full-disk test is skipped")
-        pytest.skip("no tmpfs: " + proc.stderr.strip())
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_disk(tmpfs):
+    return tmpfs("64m")
 
 
 def test_full_disk_fails_the_task_clearly_and_a_rerun_redoes_only_the_rest(engine, media, tmp_path, monkeypatch,

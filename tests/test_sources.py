@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def test_other_schemes_are_refused(engine, url):
 
 class Origin(http.server.SimpleHTTPRequestHandler):
     """Static files, plus `/redirect/<url>` (302 to it), `/page.html` (two videos: a
-    playlist) and `/stream/<file>` (the file without a Content-Length)."""
+    playlist), `/stream/<file>` (the file without a Content-Length), `/trickle` (10 bytes a
+    second of a declared megabyte) and `/hls/<METHOD>/<url>.m3u8` (an HLS playlist with a
+    key line of that method, then one clear segment at `<url>`)."""
 
     hits: list[str]
 
@@ -89,6 +92,30 @@ class Origin(http.server.SimpleHTTPRequestHandler):
         elif self.path == "/page.html":
             self._send(b"<html><body><video src='/a.mp4'></video><video src='/b.mp4'></video></body></html>",
                        "text/html")
+        elif self.path.startswith("/hls/"):
+            method, segment = self.path.removeprefix("/hls/").removesuffix(".m3u8").split("/", 1)
+            self._send(f"""#EXTM3U
+#EXT-X-VERSION:5
+#EXT-X-TARGETDURATION:6
+#EXT-X-KEY:METHOD={method},URI="/key.bin"
+#EXT-X-KEY:METHOD=NONE
+#EXTINF:6.0,
+{urllib.parse.unquote(segment)}
+#EXT-X-ENDLIST
+""".encode(), "application/vnd.apple.mpegurl")
+        elif self.path == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            try:
+                for _ in range(120):  # until the client gives up
+                    self.wfile.write(b"\0" * 10)
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:
+                pass
+            self.close_connection = True
         elif self.path.startswith("/stream/"):
             data = (Path(self.directory) / self.path.removeprefix("/stream/")).read_bytes()
             self.send_response(200)
@@ -208,3 +235,37 @@ def test_playlist_url_is_refused(origins, tmp_path):
 
     with pytest.raises(BadInputError, match="playlist; submit one video at a time"):
         download(f"{origins['allowed']}/page.html", tmp_path / "dl", allowed_settings())
+
+
+@pytest.mark.parametrize("method", ["AES-128", "SAMPLE-AES"])
+def test_encrypted_hls_is_refused_and_its_segments_never_fetched(origins, tmp_path, method):
+    """yt-dlp hands such playlists to an ffmpeg of its own, whose connections the guard cannot
+    see: here the segment is on 127.0.0.1, a refused address. No ffmpeg is let start."""
+    from transcoder.urlfetch import download
+
+    segment = urllib.parse.quote(f"http://127.0.0.1:{origins['v4_port']}/{origins['file']}", safe="")
+    with pytest.raises(BadInputError, match="encrypted HLS"):
+        download(f"{origins['allowed']}/hls/{method}/{segment}.m3u8", tmp_path / "dl", allowed_settings())
+    assert origins["hits"] == ([], [])
+    assert not any((tmp_path / "dl").iterdir())
+
+
+def test_a_trickling_download_is_stopped_at_its_time_limit(origins, tmp_path):
+    """10 bytes a second never trips the socket timeout; the download's own limit does."""
+    from transcoder.urlfetch import download
+
+    with pytest.raises(BadInputError, match="took longer than 3 s"):  # not a day (a megabyte at 10 B/s)
+        download(f"{origins['allowed']}/trickle", tmp_path / "dl",
+                 allowed_settings(url_socket_timeout=5, url_download_seconds=3))
+    assert not any((tmp_path / "dl").iterdir())
+
+
+def test_a_full_disk_during_a_url_download_is_a_disk_error_not_bad_input(origins, tmp_path, tmpfs):
+    """The user's URL is fine: the message says the worker's disk is full, and nothing is kept."""
+    from transcoder.errors import DiskFullError
+    from transcoder.urlfetch import download
+
+    disk = tmpfs("256k")
+    with pytest.raises(DiskFullError, match="no space left"):
+        download(f"{origins['allowed']}/{origins['file']}", disk / "dl", allowed_settings())
+    assert not any((disk / "dl").iterdir())

@@ -302,15 +302,21 @@ def test_storage_keys_follow_the_layout():
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "10.0.0.5", "172.16.3.4", "192.168.1.1", "169.254.169.254",
                                 "::1", "fe80::1", "fd00::1", "0.0.0.0", "224.0.0.1", "::ffff:127.0.0.1",
-                                "100.64.0.1"])
+                                "100.64.0.1",
+                                # 6to4 and Teredo addresses carrying loopback, metadata, private
+                                "2002:7f00:1::", "2002:a9fe:a9fe::", "2002:c0a8:101::",
+                                "2001:0:4136:e378:8000:63bf:80ff:fffe"])
 def test_private_and_metadata_addresses_are_refused(ip):
     assert not address_allowed(ip)
 
 
 def test_public_addresses_pass_and_loopback_only_when_configured():
     assert address_allowed("93.184.216.34") and address_allowed("2606:2800:220:1::1")
-    assert address_allowed("127.0.0.1", allow_private=True)
-    assert not address_allowed("169.254.169.254", allow_private=True)
+    assert address_allowed("2002:5db8:d822::")  # 6to4 of a public address
+    for loopback in ("127.0.0.1", "::1", "2002:7f00:1::"):
+        assert address_allowed(loopback, allow_private=True)
+    for never in ("169.254.169.254", "2002:a9fe:a9fe::", "fe80::1", "0.0.0.0", "::"):
+        assert not address_allowed(never, allow_private=True)
 
 
 def test_maxrate_scales_with_pixels():

@@ -52,7 +52,9 @@ def probe(path: Path, settings: Settings) -> Probe:
     try:
         proc = ffmpeg.run(argv, PROBE_TIMEOUT, "probe")
     except FFmpegError as exc:
-        raise BadInputError(f"not a readable video: {_first_line(exc.stderr) or exc.summary}") from None
+        # ffprobe names the file by its path on this worker: the user is told its name only
+        detail = (_first_line(exc.stderr) or exc.summary).replace(f"file:{path}", path.name)
+        raise BadInputError(f"not a readable video: {detail.replace(str(path), path.name)}") from None
     if "external track" in proc.stderr:
         # A QuickTime data reference (alias) to another file. ffmpeg does not follow it
         # (enable_drefs is off), so the track would be read from bytes that are not its own.

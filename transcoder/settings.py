@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # server: `TRANSCODE_URL_ALLOWED_NETWORKS='["10.20.0.0/16"]'`. Narrower than the switch above.
     url_allowed_networks: list[str] = Field(default_factory=list)
     url_socket_timeout: float = 20.0
+    # A URL download's whole time: a server that sends a byte now and then never trips the
+    # socket timeout. Three hours: the size limit at about 2 MB/s.
+    url_download_seconds: float = Field(3 * 3600, gt=0)
 
     @field_validator("range_reads", mode="before")
     @classmethod

@@ -8,6 +8,10 @@ Checking the first host is not enough: a redirect, or a DNS answer that changes 
 the check and the connection, can lead anywhere. So while `download` runs, every socket
 connection its thread makes (yt-dlp's, whatever its HTTP library) is checked against the
 same rule by an audit hook on `socket.connect`, with the address actually connected to.
+That hook sees only this process's sockets, so yt-dlp is never let start an ffmpeg of its own
+(it hands HLS with AES-128 or SAMPLE-AES keys, and live HLS, to one): such streams are refused.
+The same sockets are shut when the download passes its time limit, so a server that trickles
+bytes cannot hold a worker for hours.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ import re
 import socket
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import BadInputError, RetryableError
+from .errors import BadInputError, DiskFullError, RetryableError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 # worth another try; a name that does not resolve, a 404 or a refusal are not
 _TRANSIENT = re.compile(r"timed out|connection (refused|reset|aborted)|temporar|HTTP Error 5\d\d", re.I)
+# a path that can never exist (/dev/null is not a folder): yt-dlp then finds no ffmpeg to start
+NO_FFMPEG = "/dev/null/ffmpeg"
+_NEEDS_FFMPEG = re.compile(r"ffmpeg (could not be found|is not installed)|ffmpeg not found", re.I)
 
 
 class _YtDlpLog:
@@ -63,11 +71,19 @@ def address_allowed(ip: str, allow_private: bool = False) -> bool:
     addresses are refused even then.
     """
     addr = _address(ip)
-    if addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
+    if isinstance(addr, ipaddress.IPv6Address) and (addr.sixtofour or addr.teredo):
+        # 2002::/16 and Teredo carry an IPv4 address that a relay connects to: judge that one
+        embedded = addr.sixtofour or addr.teredo[1]  # type: ignore[index]
+        return address_allowed(str(embedded), allow_private)
+    if addr.is_link_local or addr.is_multicast or addr.is_unspecified:
+        return False
+    if allow_private and addr.is_loopback:  # before `is_reserved`: Python counts ::1 in reserved ::/8
+        return True
+    if addr.is_reserved:
         return False
     if addr.is_global:
         return True
-    return allow_private and (addr.is_private or addr.is_loopback)
+    return allow_private and addr.is_private
 
 
 def _allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -85,9 +101,35 @@ def ip_allowed(ip: str, settings: Settings) -> bool:
     return any(addr in net for net in _allowed_networks(settings))
 
 
+class _Download:
+    """One download's connections: what was refused, and the sockets to shut at its deadline."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.refused: str | None = None
+        self.expired = False
+        self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.expired:  # a retry after the deadline
+                raise TimeoutError("the download's time limit has passed")
+            self.sockets.append(sock)
+
+    def expire(self) -> None:
+        """From a timer thread: a blocked read returns at once, and no new connection is made."""
+        with self._lock:
+            self.expired = True
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not connected yet, or already closed
+
+
 class _Guard(threading.local):
-    settings: Settings | None = None
-    refused: str | None = None
+    download: _Download | None = None
 
 
 _guard = _Guard()
@@ -96,31 +138,40 @@ _hook_installed = False
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event != "socket.connect" or _guard.settings is None:
+    if event != "socket.connect" or _guard.download is None:
         return
     sock, address = args
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
         return
     ip = str(address[0])
-    if not ip_allowed(ip, _guard.settings):
-        _guard.refused = ip
+    current = _guard.download
+    if not ip_allowed(ip, current.settings):
+        current.refused = ip
         # an OSError: the HTTP library fails the request the way it fails a refused connection
         raise PermissionError(f"connection to {ip} refused: a private or reserved address")
+    current.opened(sock)
 
 
 @contextmanager
-def connections_checked(settings: Settings):
-    """Every connection this thread makes inside the block goes to an allowed address."""
+def connections_checked(settings: Settings, seconds: float | None = None):
+    """Every connection this thread makes inside the block goes to an allowed address;
+    after `seconds` every one of them is shut (the block's `expired` says so)."""
     global _hook_installed
     with _hook_lock:
         if not _hook_installed:
             sys.addaudithook(_audit)  # for the life of the process; idle outside this block
             _hook_installed = True
-    _guard.settings, _guard.refused = settings, None
+    current = _guard.download = _Download(settings)
+    timer = threading.Timer(seconds, current.expire) if seconds else None
+    if timer:
+        timer.daemon = True
+        timer.start()
     try:
-        yield _guard
+        yield current
     finally:
-        _guard.settings = None
+        if timer:
+            timer.cancel()
+        _guard.download = None
 
 
 def check_url(url: str, settings: Settings) -> None:
@@ -143,12 +194,17 @@ def check_url(url: str, settings: Settings) -> None:
 def download(url: str, dest: Path, settings: Settings) -> Fetched:
     check_url(url, settings)
     dest.mkdir(parents=True, exist_ok=True)
-    limit = settings.max_input_bytes
+    limit, seconds = settings.max_input_bytes, settings.url_download_seconds
+    deadline = time.monotonic() + seconds
+    too_slow = (f"the download took longer than {seconds:g} s (TRANSCODE_URL_DOWNLOAD_SECONDS); "
+                "nothing was kept")
 
-    def enforce_size(progress: dict) -> None:
+    def enforce_limits(progress: dict) -> None:
         seen = progress.get("downloaded_bytes") or 0
         if seen > limit:
             raise BadInputError(f"the download passed the size limit of {limit} bytes")
+        if time.monotonic() > deadline:
+            raise BadInputError(too_slow)
 
     opts = {
         "outtmpl": str(dest / "download.%(ext)s"),
@@ -160,22 +216,28 @@ def download(url: str, dest: Path, settings: Settings) -> Fetched:
         "quiet": True,
         "no_warnings": True,
         "noprogress": True,
-        "progress_hooks": [enforce_size],
+        "progress_hooks": [enforce_limits],
         "retries": 2,
         "format": "best",
         "overwrites": True,
         # Python's own HTTP only: an ffmpeg child (HLS) or fixup would make connections and
         # follow references that the guard below cannot see. Our probe reads the file later.
+        # `hls_prefer_native` alone is not enough: yt-dlp still hands encrypted (AES-128
+        # without pycryptodomex, SAMPLE-AES) and live HLS to ffmpeg; with no ffmpeg to find,
+        # those fail instead (measured: a segment URL on a refused address was fetched).
         "hls_prefer_native": True,
+        "ffmpeg_location": NO_FFMPEG,
         "logger": _YtDlpLog(),
         "fixup": "never",
     }
-    with connections_checked(settings) as guard:
+    with connections_checked(settings, seconds) as guard:
         try:
             return _fetch(url, dest, opts, limit, settings)
-        except Exception:
+        except Exception as exc:
             for part in dest.glob("download.*"):  # a partial file must not look like a source
                 part.unlink(missing_ok=True)
+            if guard.expired and not isinstance(exc, DiskFullError):
+                raise BadInputError(too_slow) from None
             if guard.refused:
                 raise BadInputError(f"refusing to fetch {url}: it led to {guard.refused} (a redirect or a changed "
                                     "DNS answer), a private or reserved address") from None
@@ -203,6 +265,11 @@ def _fetch(url: str, dest: Path, opts: dict, limit: int, settings: Settings) -> 
         raise
     except DownloadError as exc:
         msg = str(exc).removeprefix("ERROR: ").splitlines()[0]
+        if "No space left on device" in msg:
+            raise DiskFullError(f"download of {url} to {dest.name}") from None
+        if _NEEDS_FFMPEG.search(msg):
+            raise BadInputError(f"cannot download {url}: the stream is encrypted HLS (AES-128 or SAMPLE-AES) or a "
+                                "live HLS stream, which are not fetched") from None
         if _TRANSIENT.search(msg):
             raise RetryableError(f"download failed: {msg}") from None
         raise BadInputError(f"cannot download {url}: {msg}") from None
