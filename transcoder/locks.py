@@ -53,19 +53,32 @@ class _Leases:
         with self.lock:
             self.held.pop((bucket, key), None)
 
+    def adopt(self, storage: Storage, key: str, holder: str, etag: str) -> None:
+        """Renew a lock of ours that is not in the table (our write whose answer was lost)."""
+        with self.lock:
+            if (storage.name, key) in self.held:
+                return
+        self.add(storage, key, holder, etag)
+
     def _renew(self) -> None:
+        # One thread renews every lock of the process in turn: a slow or hung request
+        # delays the others (the lease, four renewals long, leaves room for that).
         while True:
             time.sleep(RENEW_SECONDS)
             with self.lock:
                 items = list(self.held.items())
             for ident, (holder, etag, storage) in items:
                 try:
-                    new = _put(storage, ident[1], holder, if_match=etag)
+                    new = _renew_one(storage, ident[1], holder, etag)
                 except Exception:  # noqa: BLE001 - a missed renewal is retried; the lease is long
                     continue
                 with self.lock:
-                    if new and ident in self.held:
+                    if self.held.get(ident, (None, None))[1] != etag:
+                        continue  # released (or taken again) meanwhile
+                    if new:
                         self.held[ident] = (holder, new, storage)
+                    else:
+                        del self.held[ident]  # lost: another holder has it (or it is gone)
 
 
 _leases = _Leases()
@@ -101,6 +114,27 @@ def _put(storage: Storage, key: str, holder: str, if_match: str | None = None) -
     except Exception as exc:  # unreachable storage (after botocore's own retries): the task retries
         raise RetryableError(f"lock on {key}: {exc}") from exc
     return resp.get("ETag")
+
+
+def _ours(lease: dict[str, Any], holder: str) -> bool:
+    """The lease is one this process wrote for `holder`."""
+    return lease.get("holder") == holder and lease.get("host") == _HOST and lease.get("pid") == os.getpid()
+
+
+def _renew_one(storage: Storage, key: str, holder: str, etag: str) -> str | None:
+    """Extend a held lease; its new ETag, or None when the lock is no longer ours.
+
+    A failed condition is not proof of loss: when the server applied a renewal but its
+    answer was lost, botocore re-sends the same PUT, which then fails (the ETag is our
+    own new write's), and an error after botocore's retries can hide an applied write as
+    well. So the lock is read again: still our lease, its ETag is adopted and renewed."""
+    new = _put(storage, key, holder, if_match=etag)
+    if new:
+        return new
+    found = _read(storage, key)
+    if found is None or not _ours(found[0], holder):
+        return None
+    return _put(storage, key, holder, if_match=found[1]) or found[1]
 
 
 def _read(storage: Storage, key: str) -> tuple[dict[str, Any], str] | None:
@@ -153,6 +187,8 @@ class S3LockManager:
                     continue  # released in between: try again at once
                 lease, current = found
                 if lease.get("holder") == holder:
+                    if _ours(lease, holder):  # our create or takeover, its answer lost: renew it
+                        _leases.adopt(storage, key, holder, current)
                     return True
                 if _abandoned(lease):
                     etag = _put(storage, key, holder, if_match=current)  # one taker wins
@@ -166,16 +202,29 @@ class S3LockManager:
     def release_lock(self, key: str, holder: str) -> None:
         storage = self._storage()
         _leases.drop(storage.name, key)
-        found = _read(storage, key)
-        if found is None:
-            return
-        lease, _ = found
-        if lease.get("holder") != holder:
-            raise ValueError(f"lock on {key} is held by another holder, not {holder}")
-        try:
-            storage.client.delete_object(Bucket=storage.name, Key=_object(key))
-        except Exception as exc:  # left behind, it expires with its lease
-            raise RetryableError(f"lock on {key}: release failed: {exc}") from exc
+        for _ in range(5):
+            found = _read(storage, key)
+            if found is None:
+                return
+            lease, etag = found
+            if lease.get("holder") != holder:
+                raise ValueError(f"lock on {key} is held by another holder, not {holder}")
+            # only the lease just read: one that ran out and was taken meanwhile stays
+            try:
+                storage.client.delete_object(Bucket=storage.name, Key=_object(key), IfMatch=etag)
+                return
+            except storage.client.exceptions.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code"))
+                if code in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest"):
+                    # a server without conditional deletes: the lease just read is ours
+                    storage.client.delete_object(Bucket=storage.name, Key=_object(key))
+                    return
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                    raise RetryableError(f"lock on {key}: release failed: {exc}") from exc
+                # changed in between (a renewal in flight, a takeover, our delete's lost answer): read again
+            except Exception as exc:  # left behind, it expires with its lease
+                raise RetryableError(f"lock on {key}: release failed: {exc}") from exc
+        raise RetryableError(f"lock on {key}: release failed: the lock kept changing")
 
     def is_locked(self, key: str) -> bool:
         found = _read(self._storage(), key)
