@@ -186,6 +186,16 @@ def _check(state: dict, server) -> None:
 
 # ---- tests --------------------------------------------------------------------------
 
+def test_export_on_a_full_disk_leaves_no_half_page(tmpfs):
+    from transcoder.errors import DiskFullError
+    from transcoder.player import export
+
+    disk = tmpfs("64k")  # the page inlines hls.js: several hundred kB
+    with pytest.raises(DiskFullError, match="player.html"):
+        export("0123456789abcdef", "a title", None, str(disk))
+    assert not list(disk.iterdir())
+
+
 def test_render_escapes_script_end():
     title = 'x</script><script>alert(1)</script><!-- & \u2028'
     html = render({"title": title, "base": "", "signed": {}, "master": "hls/master.m3u8",

@@ -68,3 +68,24 @@ def test_large_objects_download_whole_with_little_held_in_memory(engine, tmp_pat
     assert all(hashlib.sha256(p.read_bytes()).hexdigest() == want for p in pooled)
     assert storage.download_hashed("vid/outputs/audio/big.bin", tmp_path / "hashed.bin") == want
     assert not list(tmp_path.glob(".*.part"))  # no half file left behind
+
+
+def test_every_storage_call_fails_retryable_when_the_server_is_unreachable(tmp_path):
+    """Lookups, reads and listings, as uploads and downloads already did: a task retries an
+    outage longer than botocore's own retries instead of failing at once."""
+    import socket
+
+    from transcoder.errors import RetryableError
+    from transcoder.storage import DirectBucket, Storage
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    storage = Storage(DirectBucket(f"http://127.0.0.1:{port}", "key", "secret", "bucket", "us-east-1", attempts=1))
+    calls = {"head": lambda: storage.head("a/b"), "get_json": lambda: storage.get_json("a/b.json"),
+             "list_keys": lambda: storage.list_keys("a/"), "delete": lambda: storage.delete("a/b"),
+             "put_text": lambda: storage.put_text("a/b", "x", "text/plain"),
+             "download": lambda: storage.download("a/b", tmp_path / "b")}
+    for name, call in calls.items():
+        with pytest.raises(RetryableError):
+            call()

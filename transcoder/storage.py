@@ -277,8 +277,9 @@ class Storage:
         """Size, user metadata and ETag of an object, or None when it does not exist."""
         try:
             resp = self.client.head_object(Bucket=self.name, Key=key)
-        except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except Exception as exc:  # an error answer, or the server unreachable after botocore's retries
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise RetryableError(f"storage lookup of {key} failed: {exc}") from exc
         return {"size": resp["ContentLength"], "metadata": resp.get("Metadata", {}), "etag": resp.get("ETag")}
@@ -317,15 +318,21 @@ class Storage:
     def get_json(self, key: str) -> Any | None:
         try:
             resp = self.client.get_object(Bucket=self.name, Key=key)
+            body = resp["Body"].read()
         except self.client.exceptions.NoSuchKey:
             return None
-        return json.loads(resp["Body"].read())
+        except Exception as exc:  # boto3 raises many types; all mean "storage failed"
+            raise RetryableError(f"read of {key} failed: {exc}") from exc
+        return json.loads(body)
 
     def list_objects(self, prefix: str) -> list[dict]:
         """Every object under `prefix`: Key, ETag, Size, LastModified."""
         found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
-            found += page.get("Contents", [])
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
+                found += page.get("Contents", [])
+        except Exception as exc:
+            raise RetryableError(f"listing of {prefix} failed: {exc}") from exc
         return found
 
     def list_keys(self, prefix: str) -> list[str]:
