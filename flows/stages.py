@@ -205,11 +205,18 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
     streaming = settings.streaming_outputs
     assemble = assemble_rendition.with_options(result_storage=results)
     ready: dict[str, Rendition] = {}
+    vid = plan.video_id
+
+    def kept(stamp: str | None, prefix: str, only: list[str] | None = None) -> bool:
+        """A cached result's files are still the ones it wrote: not deleted, not written over
+        by a run with other settings (same keys). Results from before stamps: trusted."""
+        return stamp is None or storage.stamp(prefix, only) == stamp
 
     def assembled(rung: Rung) -> Rendition:
         if rung.name not in ready:
             rendition = futures_by_rung[rung.name].result()
-            if not storage.holds(rendition.key, rendition.sha256):  # replaced since (other settings)
+            if not storage.holds(rendition.key, rendition.sha256) or (  # replaced since (other settings)
+                    rendition.hls and not kept(rendition.hls.stored, keys.hls(vid, f"{rung.name}/"))):
                 rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
             ready[rung.name] = rendition.model_copy(update={"ready_seconds": round(time.time() - started_at, 3)})
         return ready[rung.name]
@@ -223,8 +230,9 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
     with ThreadPoolTaskRunner(max_workers=len(plan.rungs) + 3) as merging:
         futures_by_rung = {r.name: merging.submit(assemble, {"plan": plan, "rung": r, "segments": segments[r.name],
                                                              "audio": audio}) for r in by_area}
-        audio_hls = (merging.submit(package_audio.with_options(result_storage=results), {"plan": plan, "audio": audio})
-                     if audio and streaming else None)
+        package = package_audio.with_options(result_storage=results)
+        audio_args = {"plan": plan, "audio": audio, "segment_seconds": settings.segment_seconds}
+        audio_hls = merging.submit(package, audio_args) if audio and streaming else None
         pictures = poster = None
         if streaming:
             pictures = merging.submit(make_thumbnails.with_options(result_storage=results),
@@ -236,10 +244,16 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
             renditions.append(assembled(rung).model_copy(update={"quality": rung_quality(segments[rung.name]),
                                                                  "cached_chunks": cached_by_rung[rung.name]}))
             progress(logger, "assemble", i + 1, len(plan.rungs))
-        master = write_master(plan, renditions, audio_hls.result() if audio_hls else None) if streaming else None
-        if poster is not None:
-            poster.result()  # in place before the report names it
+        audio_media = audio_hls.result() if audio_hls else None
+        if audio_media and not kept(audio_media.stored, keys.hls(vid, "audio/")):
+            audio_media = package.with_options(refresh_cache=True)(**audio_args)
+        master = write_master(plan, renditions, audio_media) if streaming else None
         thumbs = pictures.result() if pictures else None
+        if thumbs and not kept(thumbs.stored, keys.thumbnails(vid), [thumbs.vtt_key, *thumbs.sprite_keys]):
+            thumbs = make_thumbnails.with_options(result_storage=results, refresh_cache=True)(plan, assembled(by_area[0]))
+        if poster is not None and thumbs is not None:  # in place before the report names it
+            if not kept(poster.result(), keys.thumbnails(vid), [thumbs.poster_key]):
+                cut_poster.with_options(result_storage=results, refresh_cache=True)(plan, assembled(by_area[-1]), thumbs)
 
     encoder = plan.encoder
     total = len(plan.chunks) * len(plan.rungs)

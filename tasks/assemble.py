@@ -57,21 +57,27 @@ def _package_hls(plan: Plan, rung: Rung, mp4: Path, out_dir: Path, storage: Stor
     hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, settings.segment_seconds)
     playlist = hls.package(mp4, out_dir, "v", hls_time, timeout=max(settings.ffmpeg_min_timeout, plan.duration))
     media = hls.media_playlist(playlist, f"{rung.name}/index.m3u8", hls.video_codec(out_dir / "init.mp4"), target)
-    upload_tree(storage, hls.files_of(playlist), plan.video_id, rung.name)
-    return media
+    return media.model_copy(update={"stored": upload_tree(storage, hls.files_of(playlist), plan.video_id, rung.name)})
 
 
-def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str) -> None:
+def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str) -> str:
     """The media files several at a time, then the playlists: a playlist in storage
-    names only files already there."""
+    names only files already there. Then files of an earlier package in the folder that
+    this one does not have (other settings: more segments) are removed. Returns the
+    folder's stamp (Storage.stamp), which a reuse of this result checks."""
+    prefix = keys.hls(video_id, f"{folder}/")
+
     def put(path: Path) -> None:
-        storage.upload(path, keys.hls(video_id, f"{folder}/{path.name}"),
-                       content_type=hls.CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        storage.upload(path, prefix + path.name, content_type=hls.CONTENT_TYPES.get(path.suffix,
+                                                                                    "application/octet-stream"))
 
     in_parallel(put, [p for p in files if p.suffix != ".m3u8"])
     for path in files:
         if path.suffix == ".m3u8":
             put(path)
+    for stale in storage.etags(prefix).keys() - {prefix + p.name for p in files}:
+        storage.delete(stale)
+    return storage.stamp(prefix)
 
 
 @task(name="export", task_run_name="export-{rendition.name}", retries=2, retry_condition_fn=retry_transient,

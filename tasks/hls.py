@@ -17,17 +17,18 @@ from .common import retry_transient
 
 @task(name="package-audio", retries=2, retry_condition_fn=retry_transient, cache_policy=INPUTS + TASK_SOURCE,
       persist_result=True)
-def package_audio(plan: Plan, audio: AudioTrack) -> HlsMedia:
-    """The audio, packaged once as its own HLS rendition group (`{video_id}/hls/audio/`)."""
+def package_audio(plan: Plan, audio: AudioTrack, segment_seconds: float) -> HlsMedia:
+    """The audio, packaged once as its own HLS rendition group (`{video_id}/hls/audio/`).
+    `segment_seconds` (the setting) is an input so that its cache key follows it."""
     settings = get_settings()
     storage = Storage()
     scratch = scratch_dir(settings, plan.video_id, "hls_audio")
     try:
         local = storage.download(audio.key, scratch / "audio.m4a")
-        hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, settings.segment_seconds)
+        hls_time, target = hls.segment_time(plan.fps, plan.gop_frames, segment_seconds)
         playlist = hls.package(local, scratch / "audio", "a", hls_time, timeout=max(60.0, plan.duration))
-        upload_tree(storage, hls.files_of(playlist), plan.video_id, "audio")
-        return hls.media_playlist(playlist, "audio/index.m3u8", hls.AAC_LC, target)
+        stored = upload_tree(storage, hls.files_of(playlist), plan.video_id, "audio")
+        return hls.media_playlist(playlist, "audio/index.m3u8", hls.AAC_LC, target).model_copy(update={"stored": stored})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

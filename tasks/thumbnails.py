@@ -32,7 +32,7 @@ class ThumbnailsCache(CachePolicy):
 @dataclass
 class PosterCache(CachePolicy):
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> Optional[str]:
-        parts = {"rendition": inputs["top"].sha256, "time": inputs["pictures"].poster_time, "version": 1}
+        parts = {"rendition": inputs["top"].sha256, "time": inputs["pictures"].poster_time, "version": 2}
         return f"{inputs['plan'].video_id}/cache/poster/{stable_hash(parts)[:24]}"
 
 
@@ -66,7 +66,8 @@ def make_thumbnails(plan: Plan, small: Rendition) -> Thumbnails:
         storage.upload(vtt, vtt_key, content_type="text/vtt")
         return Thumbnails(poster_key=keys.thumbnails(plan.video_id, "poster.jpg"), poster_time=round(poster.time, 3),
                           vtt_key=vtt_key, sprite_keys=tuple(sprite_keys), count=len(picks),
-                          interval=thumbnails.interval_for(plan.duration), width=size[0], height=size[1])
+                          interval=thumbnails.interval_for(plan.duration), width=size[0], height=size[1],
+                          stored=storage.stamp(keys.thumbnails(plan.video_id), [vtt_key, *sprite_keys]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -138,7 +139,8 @@ def _from_rendition(plan: Plan, small: Rendition, storage: Storage, scratch: Pat
 
 @task(name="poster", retries=2, retry_condition_fn=retry_transient, cache_policy=PosterCache(), persist_result=True)
 def cut_poster(plan: Plan, top: Rendition, pictures: Thumbnails) -> str:
-    """The poster: the top rung's picture at the moment `make_thumbnails` chose."""
+    """The poster: the top rung's picture at the moment `make_thumbnails` chose. Returns the
+    stamp of the stored poster (Storage.stamp)."""
     settings = get_settings()
     storage = Storage()
     scratch = scratch_dir(settings, plan.video_id, "poster")
@@ -147,6 +149,6 @@ def cut_poster(plan: Plan, top: Rendition, pictures: Thumbnails) -> str:
         ffmpeg.run(thumbnails.poster_argv(storage.presigned_url(top.key), pictures.poster_time, float(plan.fps), out),
                    max(settings.ffmpeg_min_timeout, plan.duration * 2), "poster")
         storage.upload(out, pictures.poster_key, content_type="image/jpeg")
-        return pictures.poster_key
+        return storage.stamp(keys.thumbnails(plan.video_id), [pictures.poster_key])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

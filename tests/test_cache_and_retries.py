@@ -339,3 +339,67 @@ def test_worker_without_the_source_reads_its_chunk_from_storage(engine, media, m
     reload_settings()
     assert transcode_chunk.fn(plan, source, chunk, rung).sha256 == encoded_here
     assert not served and local.exists()  # no link read; the whole file, then read locally
+
+
+def _package(engine, result) -> dict[str, str]:
+    """The master playlist and every playlist, init segment, media segment, sprite, track
+    and poster that it and the result name: {key: its text for a playlist, else ''}; a
+    name with nothing stored under it is given as None."""
+    import m3u8
+
+    vid, stored = result.video_id, set(engine.keys(result.video_id))
+
+    def text(key: str) -> str | None:
+        return engine.s3.get_object(Bucket=engine.bucket, Key=key)["Body"].read().decode() if key in stored else None
+
+    found = {result.hls_master_key: text(result.hls_master_key)}
+    master = m3u8.loads(found[result.hls_master_key])
+    for uri in [p.uri for p in master.playlists] + [m.uri for m in master.media if m.uri]:
+        key = f"{vid}/hls/{uri}"
+        found[key] = text(key)
+        folder = key.rsplit("/", 1)[0]
+        if found[key] is not None:
+            media = m3u8.loads(found[key])
+            for name in [s.uri for s in media.segments] + [m.uri for m in media.segment_map]:
+                found[f"{folder}/{name}"] = "" if f"{folder}/{name}" in stored else None
+    pictures = result.thumbnails
+    for key in (pictures.poster_key, pictures.vtt_key, *pictures.sprite_keys):
+        found[key] = "" if key in stored else None
+    return found
+
+
+def test_a_deleted_package_and_thumbnails_are_made_again(engine, media):
+    """The cached assembly, audio package, thumbnails and poster find their files gone:
+    each is made again, and the package is whole (before, the master named missing files)."""
+    from flows.transcode import transcode_video
+
+    src = str(media("standard", seconds=6))
+    first = transcode_video(src, renditions="240p", **CHUNKING)
+    before = _package(engine, first)
+    assert None not in before.values()
+    for prefix in ("hls/", "thumbnails/"):
+        for key in engine.keys(f"{first.video_id}/{prefix}"):
+            engine.s3.delete_object(Bucket=engine.bucket, Key=key)
+    again = transcode_video(src, renditions="240p", **CHUNKING)
+    assert again.cached == again.chunks  # the segments were kept: only the package was redone
+    assert _package(engine, again) == before
+
+
+def test_a_package_written_over_by_other_settings_is_made_again(engine, media, monkeypatch):
+    """Segments of 4 s, then 2 s, then 4 s again: the third run's package is the first's,
+    file for file (before, the audio kept its 2 s segments and the master the 4 s figures)."""
+    from flows.transcode import transcode_video
+    from transcoder.settings import reload_settings
+
+    src = str(media("standard", seconds=8))
+    first = transcode_video(src, renditions="240p", **CHUNKING)
+    before, files = _package(engine, first), sorted(engine.keys(f"{first.video_id}/hls/"))
+    monkeypatch.setenv("TRANSCODE_SEGMENT_SECONDS", "2")
+    reload_settings()
+    other = transcode_video(src, renditions="240p", **CHUNKING)
+    assert _package(engine, other) != before
+    monkeypatch.delenv("TRANSCODE_SEGMENT_SECONDS")
+    reload_settings()
+    third = transcode_video(src, renditions="240p", **CHUNKING)
+    assert _package(engine, third) == before
+    assert sorted(engine.keys(f"{first.video_id}/hls/")) == files  # no 2 s segments left behind

@@ -248,6 +248,7 @@ class HlsMedia(Frozen):
     average_bps: int
     segments: int
     target_duration: float
+    stored: str | None = None  # Storage.stamp of its folder as written (None: an older result)
 
 
 class Rendition(Frozen):
@@ -279,6 +280,7 @@ class Thumbnails(Frozen):
     interval: float  # seconds of video per thumbnail
     width: int
     height: int
+    stored: str | None = None  # Storage.stamp of the sprites and the track as written
 
 
 class EncoderReport(Frozen):

@@ -52,8 +52,7 @@ def published(storage: Storage, result: TranscodeResult) -> dict[str, str]:
     """ETag of every object a rerun would hand out besides the MP4s (whose sha256 is checked):
     the report, the HLS package, the poster and thumbnails. Any run that rewrote one changed it."""
     video_id = result.video_id
-    found = {o["Key"]: o["ETag"] for prefix in (keys.hls(video_id), keys.thumbnails(video_id))
-             for o in storage.list_objects(prefix)}
+    found = {**storage.etags(keys.hls(video_id)), **storage.etags(keys.thumbnails(video_id))}
     report = storage.head(result.report_key)
     if report is not None:
         found[result.report_key] = report["etag"]

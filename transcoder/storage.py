@@ -335,6 +335,21 @@ class Storage:
             raise RetryableError(f"listing of {prefix} failed: {exc}") from exc
         return found
 
+    def etags(self, prefix: str) -> dict[str, str]:
+        """ETag of every object under `prefix`, by key (one listing request per 1000)."""
+        return {o["Key"]: o["ETag"] for o in self.list_objects(prefix)}
+
+    def stamp(self, prefix: str, only: Iterable[str] | None = None) -> str:
+        """One hash of what is stored under `prefix` (or of just the keys `only`): each
+        object's key and ETag. Taken when a cached task writes its files and compared when
+        its result is reused, it tells whether they are still the ones it wrote, not deleted
+        or written over by a run with other settings (the keys are the same)."""
+        found = self.etags(prefix)
+        if only is not None:
+            wanted = set(only)
+            found = {k: v for k, v in found.items() if k in wanted}
+        return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:24]
+
     def list_keys(self, prefix: str) -> list[str]:
         return [o["Key"] for o in self.list_objects(prefix)]
 
