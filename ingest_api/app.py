@@ -265,12 +265,7 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
         if len(url) > MAX_URL_CHARS or any(ord(c) < 33 or ord(c) == 127 for c in url):
             raise ApiError(400, "the URL is too long or holds spaces or control characters")
         if url.startswith("s3://"):
-            try:
-                bucket, key = parse_s3_url(url)
-            except BadInputError as exc:
-                raise ApiError(400, str(exc)) from None
-            if bucket != storage.name:
-                raise ApiError(400, f"only objects of this service's bucket are accepted: s3://{storage.name}/<key>")
+            key = _own_object(url, storage)
             if await to_thread.run_sync(storage.head, key) is None:
                 raise ApiError(400, f"no such object: {url}")
         else:
@@ -309,12 +304,17 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
                 reason = f"outside {config.notify_prefix!r} (TRANSCODE_API_NOTIFY_PREFIX)"
             elif not key.lower().endswith(MEDIA_SUFFIXES):
                 reason = "not a media file by its name"
+            source = f"s3://{bucket}/{key}"
+            if not reason:
+                try:
+                    _own_object(source, storage)  # the key checks of POST /videos ('.' or '..' segments)
+                except ApiError as exc:
+                    reason = exc.message
             if reason:
                 ignored.append({"key": key, "reason": reason})
                 continue
             version = str(obj.get("eTag") or obj.get("etag") or obj.get("sequencer") or obj.get("versionId") or "")
             request_id = events.object_request_id(bucket, key, version)
-            source = f"s3://{bucket}/{key}"
             duplicate = request_id in recent
             if not duplicate:
                 recent.add(request_id)  # before the first await: a concurrent delivery sees it
@@ -327,7 +327,11 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
                 queued.append({"request_id": str(request_id), "source": source, "duplicate": True,
                                "status_url": str(request.url_for("video_status", request_id=str(request_id)))})
                 continue
-            answer = await queue(request, request_id, source, None, None)
+            try:
+                answer = await queue(request, request_id, source, None, None)
+            except BaseException:  # refused (429) or not queued (503): its resend must be queued, not a duplicate
+                recent.discard(request_id)
+                raise
             queued.append({**answer, "duplicate": False})
         return {"requests": queued, "ignored": ignored}
 
@@ -364,6 +368,17 @@ def create_app(config: ApiConfig | None = None, settings: Settings | None = None
 
     app.include_router(api)
     return app
+
+
+def _own_object(url: str, storage: Storage) -> str:
+    """The key of `s3://<this service's bucket>/<key>`, or a 400 that says what is wrong with it."""
+    try:
+        bucket, key = parse_s3_url(url)
+    except BadInputError as exc:
+        raise ApiError(400, str(exc)) from None
+    if bucket != storage.name:
+        raise ApiError(400, f"only objects of this service's bucket are accepted: s3://{storage.name}/<key>")
+    return key
 
 
 def _request_id(value: str) -> UUID:

@@ -399,7 +399,9 @@ def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_m
         for body, reason in ((notification(engine.bucket, key, etag, "s3:ObjectRemoved:Delete"), "not an object creation"),
                              (notification("elsewhere", key, etag), "another bucket"),
                              (notification(engine.bucket, "encoded/x_720p.mp4", etag), "outside 'incoming/'"),
-                             (notification(engine.bucket, "incoming/notes.txt", etag), "not a media file")):
+                             (notification(engine.bucket, "incoming/notes.txt", etag), "not a media file"),
+                             # the key checks of POST /videos: such a run would fail late
+                             (notification(engine.bucket, "incoming/../requests/x.mp4", etag), "'..' segment")):
             resp = api.http.post("/notifications/s3", json=body)
             assert resp.status_code == 202 and resp.json()["requests"] == [], resp.text
             assert reason in resp.json()["ignored"][0]["reason"]
@@ -429,6 +431,13 @@ def metric(api, name: str) -> int:
         if line.startswith(name + " "):
             return int(line.split()[1])
     raise AssertionError(f"no {name} in /metrics")
+
+
+def wait_backlog(api, depth: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(api, "transcode_backlog") != depth and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(api, "transcode_backlog") == depth, api.http.get("/metrics").text
 
 
 def test_backlog_limit_answers_429(api_env, triggered_deployment, tiny_mp4, monkeypatch):
@@ -474,6 +483,46 @@ def test_backlog_limit_answers_429(api_env, triggered_deployment, tiny_mp4, monk
             time.sleep(0.5)
         again = api.http.post("/uploads", params={"filename": "clip3.mp4"}, content=data)
         assert again.status_code == 202, again.text
+    finally:
+        api.stop()
+
+
+def test_notification_refused_with_429_is_queued_when_sent_again(api_env, triggered_deployment, tiny_mp4,
+                                                                 monkeypatch):
+    """A notification refused while the backlog is full is not remembered as seen: the S3
+    server's resend, once the backlog has drained, is queued (one run), not a duplicate."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from ingest_api.events import object_request_id
+
+    deployment_id, _ = triggered_deployment
+    engine = api_env
+    base = backlog_now()
+    monkeypatch.setenv("TRANSCODE_API_MAX_BACKLOG", str(base + 1))
+    api = start_api(engine)
+    try:
+        key = "incoming/late.mp4"
+        engine.s3.upload_file(str(tiny_mp4), engine.bucket, key)
+        etag = engine.s3.head_object(Bucket=engine.bucket, Key=key)["ETag"].strip('"')
+        body = notification(engine.bucket, key, etag)
+        expected = str(object_request_id(engine.bucket, key, etag))
+        wait_backlog(api, base)  # the API has read the server's count: one more request fills it
+        filler = api.http.post("/videos", json={"url": f"s3://{engine.bucket}/{key}"})
+        assert filler.status_code == 202, filler.text
+        refused = api.http.post("/notifications/s3", json=body)
+        assert refused.status_code == 429 and "retry-after" in refused.headers, refused.text
+
+        runs = wait_runs(deployment_id, 1)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(runs[0].id, Cancelled(), force=True)
+        wait_backlog(api, base)  # drained
+        again = api.http.post("/notifications/s3", json=body)
+        assert again.status_code == 202, again.text
+        assert [(r["request_id"], r["duplicate"]) for r in again.json()["requests"]] == [(expected, False)]
+        assert api.http.post("/notifications/s3", json=body).json()["requests"][0]["duplicate"] is True
+        runs = wait_runs(deployment_id, 2)
+        assert [r.parameters["request_id"] for r in runs].count(expected) == 1
     finally:
         api.stop()
 
