@@ -283,6 +283,16 @@ def notification(bucket: str, key: str, etag: str, event: str = "s3:ObjectCreate
                                            "size": 1234, "sequencer": "17A2B3C4D5E6F708"}}}]}
 
 
+def upload_and_notify(engine, media: Path, key: str) -> tuple[dict, str]:
+    """`media` stored under `key`, as the server would announce it: (notification body,
+    the request id the API gives it)."""
+    from ingest_api.events import object_request_id
+
+    engine.s3.upload_file(str(media), engine.bucket, key)
+    etag = engine.s3.head_object(Bucket=engine.bucket, Key=key)["ETag"].strip('"')
+    return notification(engine.bucket, key, etag), str(object_request_id(engine.bucket, key, etag))
+
+
 @pytest.fixture
 def triggered_deployment(api_env, monkeypatch):
     """transcode-video with prefect.yaml's trigger, on a process pool nobody works on."""
@@ -339,17 +349,13 @@ def poll_status(api, request_id: str, until, timeout: float = 60) -> dict:
 
 
 def test_notification_twice_starts_one_run(api_env, triggered_deployment, tiny_mp4):
-    from ingest_api.events import object_request_id
-
     deployment_id, pool = triggered_deployment
     engine = api_env
     api = start_api(engine)
     try:
         key = "incoming/My Clip.mp4"
-        engine.s3.upload_file(str(tiny_mp4), engine.bucket, key)
-        etag = engine.s3.head_object(Bucket=engine.bucket, Key=key)["ETag"].strip('"')
-        body = notification(engine.bucket, key, etag)
-        expected = str(object_request_id(engine.bucket, key, etag))
+        body, expected = upload_and_notify(engine, tiny_mp4, key)
+        etag = body["Records"][0]["s3"]["object"]["eTag"]
 
         first = api.http.post("/notifications/s3", json=body)
         assert first.status_code == 202, first.text
@@ -494,8 +500,6 @@ def test_notification_refused_with_429_is_queued_when_sent_again(api_env, trigge
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    from ingest_api.events import object_request_id
-
     deployment_id, _ = triggered_deployment
     engine = api_env
     base = backlog_now()
@@ -503,10 +507,7 @@ def test_notification_refused_with_429_is_queued_when_sent_again(api_env, trigge
     api = start_api(engine)
     try:
         key = "incoming/late.mp4"
-        engine.s3.upload_file(str(tiny_mp4), engine.bucket, key)
-        etag = engine.s3.head_object(Bucket=engine.bucket, Key=key)["ETag"].strip('"')
-        body = notification(engine.bucket, key, etag)
-        expected = str(object_request_id(engine.bucket, key, etag))
+        body, expected = upload_and_notify(engine, tiny_mp4, key)
         wait_backlog(api, base)  # the API has read the server's count: one more request fills it
         filler = api.http.post("/videos", json={"url": f"s3://{engine.bucket}/{key}"})
         assert filler.status_code == 202, filler.text

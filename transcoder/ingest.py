@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import keys
-from .errors import BadInputError, DiskFullError, is_disk_full
+from .errors import BadInputError
 from .models import Chunk, Plan, SourceObject
 from .settings import Settings
 from .storage import Storage
+from .workspace import write_aside
 
 _EXT = re.compile(r"^[a-z0-9]{1,8}$")
 T = TypeVar("T")
@@ -222,19 +223,13 @@ def _fetch(origin: str, staging: Path, storage: Storage, settings: Settings) -> 
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.part")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
+    def link_or_copy(tmp: Path) -> None:
         try:
+            os.link(src, tmp)
+        except OSError:
             shutil.copyfile(src, tmp)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if is_disk_full(exc):
-                raise DiskFullError(f"copy of the source to {dst.parent}") from None
-            raise
-    os.replace(tmp, dst)
+
+    write_aside(dst, link_or_copy, f"copy of the source to {dst.parent}")
 
 
 def _ensure(path: Path) -> Path:

@@ -7,13 +7,12 @@ stored next to the renditions, opened from disk or served by anything.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import keys
-from .errors import DiskFullError, is_disk_full
+from .workspace import write_aside
 
 if TYPE_CHECKING:
     from .models import Thumbnails
@@ -85,14 +84,7 @@ def publish(storage: Storage, video_id: str, title: str, thumbnails: Thumbnails 
 def export(video_id: str, title: str, thumbnails: Thumbnails | None, output_dir: str) -> str:
     """`DIR/player.html` beside a folder copy (`--output-dir`): relative links, no expiry."""
     local = Path(output_dir).expanduser().resolve() / "player.html"
-    # written aside and renamed, as every other exported file: a full disk leaves no half page
-    tmp = local.with_name(f".player.html.{os.getpid()}.part")
-    try:
-        tmp.write_text(render(page_config(video_id, title, thumbnails, None)), encoding="utf-8")
-        os.replace(tmp, local)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
-            raise DiskFullError(f"export of player.html to {local.parent}") from None
-        raise
+    page = render(page_config(video_id, title, thumbnails, None))
+    # as every other exported file: a full disk leaves no half page
+    write_aside(local, lambda tmp: tmp.write_text(page, encoding="utf-8"), f"export of player.html to {local.parent}")
     return str(local)

@@ -8,11 +8,28 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DiskFullError, is_disk_full
 from .settings import Settings
+
+
+def write_aside(dst: Path, write: Callable[[Path], None], what: str) -> Path:
+    """`write(tmp)` to a name beside `dst`, then rename it to `dst`: a failure leaves nothing
+    under the final name, and a full disk is a DiskFullError that names `what`."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        write(tmp)
+        os.replace(tmp, dst)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(what) from None
+        raise
+    return dst
 
 
 def _scratch_root(settings: Settings, video_id: str) -> Path:
