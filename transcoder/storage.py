@@ -19,9 +19,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import (ConfigurationError, DiskFullError, RetryableError, StorageFullError, is_disk_full,
+from .errors import (ConfigurationError, DiskFullError, RetryableError, StorageFullError,
                      storage_full_code)
 from .settings import Settings, get_settings
+from .workspace import write_aside
 
 # Checksums only where the API requires them: segments carry their own sha256, and a
 # CRC32 over every byte of every transfer costs CPU the encoders could use.
@@ -263,14 +264,11 @@ class Storage:
 
     def _download(self, key: str, path: Path, write: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
-            write(tmp)
-            os.replace(tmp, path)
+            write_aside(path, write, f"download of {key}")
+        except DiskFullError:
+            raise
         except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            if is_disk_full(exc) or is_disk_full(exc.__context__ or exc):
-                raise DiskFullError(f"download of {key}") from None
             raise RetryableError(f"download of {key} failed: {exc}") from exc
 
     def head(self, key: str) -> dict | None:

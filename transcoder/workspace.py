@@ -26,7 +26,7 @@ def write_aside(dst: Path, write: Callable[[Path], None], what: str) -> Path:
         os.replace(tmp, dst)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if is_disk_full(exc):
+        if is_disk_full(exc) or is_disk_full(exc.__context__ or exc):  # boto3 wraps the OSError
             raise DiskFullError(what) from None
         raise
     return dst
