@@ -27,7 +27,7 @@ def encode_audio(plan: Plan, source: SourceObject, probe: Probe) -> AudioTrack:
     try:
         channels = probe.audio.channels if probe.audio else 2
         timeout = max(settings.ffmpeg_min_timeout, plan.duration * 5)
-        ffmpeg.run(audio_argv(local, plan, channels, out), timeout, "encode audio")
+        ffmpeg.run(audio_argv(local, plan, channels, out, format_start=probe.format_start), timeout, "encode audio")
         sha = sha256_file(out)
         key = keys.audio(plan.video_id, audio_profile(plan))
         storage.upload(out, key, metadata={"sha256": sha}, content_type="audio/mp4")

@@ -6,6 +6,8 @@ exercised; each output is then checked independently of the pipeline's own verif
 
 from __future__ import annotations
 
+import re
+import subprocess
 from fractions import Fraction
 
 import pytest
@@ -83,6 +85,40 @@ def test_mpegts_source_with_b_frames_and_a_late_start(engine, media, tmp_path):
     src = media("mpegts", seconds=6)
     assert float(streams(src)["format"]["start_time"]) > 1.0
     assert_frame_exact(src, engine, tmp_path)
+
+
+def tone_start(path, copyts=False) -> float:
+    """When the first audio track's tone begins (the end of the silence before it), in
+    the file's own timestamps with `copyts`."""
+    log = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", *(["-copyts"] if copyts else []), "-i", str(path),
+                          "-map", "0:a:0", "-af", "silencedetect=n=-30dB:d=0.1", "-f", "null", "-"],
+                         capture_output=True, text=True, check=True).stderr
+    return float(re.findall(r"silence_end: (-?[\d.]+)", log)[0])
+
+
+@pytest.mark.parametrize("fmt", ["ts", "mpg"])
+def test_audio_starting_after_the_video_stays_in_sync_in_mpeg_ts_and_ps(engine, tmp_path, fmt):
+    # MPEG-TS/PS, whose audio starts 0.5 s after the first video frame (timestamps from
+    # ~1.4 s / 0.5 s): silence, then a tone 3 s after the first frame. ffmpeg reading only
+    # the audio starts its timestamps at the audio's own start there, not the container's.
+    src = tmp_path / f"late_audio.{fmt}"
+    tone = "aevalsrc='if(gte(t\\,2.5)\\,0.4*sin(2*PI*880*t)\\,0)':s=48000:d=5.5"
+    codecs = (["-c:v", "libx264", "-preset", "ultrafast", "-bf", "2", "-c:a", "aac"] if fmt == "ts"
+              else ["-c:v", "mpeg2video", "-bf", "2", "-c:a", "mp2"])
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=192x144:rate=25:duration=6",
+                    "-itsoffset", "0.5", "-f", "lavfi", "-i", tone,
+                    "-map", "0:v", "-map", "1:a", *codecs, "-pix_fmt", "yuv420p", str(src)], check=True, timeout=120)
+    info = streams(src)
+    video_start = float(info["video"]["start_time"])
+    assert float(info["audio"]["start_time"]) - video_start > 0.4
+    expected = tone_start(src, copyts=True) - video_start  # where a player puts it
+    assert abs(expected - 3.0) < 0.05, expected
+    result = run_flow(src)
+    paths = check_outputs(result, engine, tmp_path, source_frames=decoded_frames(src))
+    for path in paths.values():
+        got = tone_start(path)
+        assert abs(got - expected) <= 0.025, f"tone at {got:.3f} s of the output, {expected:.3f} s in the source"
 
 
 def test_variable_frame_rate_becomes_constant(engine, media, tmp_path):

@@ -285,9 +285,11 @@ def test_chunk_argv_deinterlaces_and_converts_vfr():
 def test_audio_argv_aligns_to_the_first_frame(tmp_path):
     plan = make_plan("v", "s", probe_of(video()), index(600), None, EncoderSettings(), 4, 8)
     plan = plan.model_copy(update={"video_start": 0.5})
-    argv = encode.audio_argv(tmp_path / "s.mp4", plan, 6, tmp_path / "a.m4a")
+    argv = encode.audio_argv(tmp_path / "s.mp4", plan, 6, tmp_path / "a.m4a", format_start=1.4)
     af = argv[argv.index("-af") + 1]
-    assert "asetpts=PTS-0.500000/TB" in af and "first_pts=0" in af
+    # the source's own timestamps: the first frame's is the container's start + video_start
+    assert "-copyts" in argv[:argv.index("-i")]
+    assert "asetpts=PTS-1.900000/TB" in af and "first_pts=0" in af
     assert argv[argv.index("-t") + 1] == f"{plan.duration:.6f}"
     assert argv[argv.index("-ac") + 1] == "2"
 

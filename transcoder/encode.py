@@ -197,15 +197,24 @@ def chunk_argv(
     return argv
 
 
-def audio_argv(source: Path, plan: Plan, channels: int, out: Path) -> list[str]:
-    """The source's first audio track, aligned to the first video frame, cut to the video."""
+def audio_argv(source: Path, plan: Plan, channels: int, out: Path, *, format_start: float) -> list[str]:
+    """The source's first audio track, aligned to the first video frame, cut to the video.
+
+    `format_start` is the container's start_time (Probe.format_start): with it,
+    plan.video_start becomes the first frame's own timestamp. Timestamps stay the
+    source's (-copyts), the same as in the video's chunks: without it ffmpeg moves them
+    by a start time it picks itself, and for MPEG-TS/PS (formats with timestamp
+    discontinuities) that is the earliest start among the streams it reads, here the
+    audio alone. Audio that starts after the video then came out early by the gap.
+    """
+    first_frame = format_start + plan.video_start
     af = ",".join([
-        f"asetpts=PTS-{plan.video_start:.6f}/TB",
+        f"asetpts=PTS-{first_frame:.6f}/TB",
         # pads silence if audio starts after the video, trims if it starts before
         "aresample=async=1:first_pts=0",
         "apad",
     ])
-    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y",
+    return [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-y", "-copyts",
             *ffmpeg.source_input(source),
             "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", af, "-t", f"{plan.duration:.6f}",
             "-c:a", "aac", "-b:a", f"{plan.encoder.audio_bitrate_kbps}k", "-ac", str(min(max(channels, 1), 2)),
@@ -213,5 +222,7 @@ def audio_argv(source: Path, plan: Plan, channels: int, out: Path) -> list[str]:
 
 
 def audio_profile(plan: Plan) -> str:
+    # "sync": 2 since the source's own timestamps (-copyts): audio cached before it could
+    # be early on MPEG-TS/PS sources whose audio starts after the video
     return stable_hash({"bitrate": plan.encoder.audio_bitrate_kbps, "start": round(plan.video_start, 6),
-                        "duration": round(plan.duration, 6), "codec": "aac"})[:16]
+                        "duration": round(plan.duration, 6), "codec": "aac", "sync": 2})[:16]

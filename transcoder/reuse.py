@@ -27,7 +27,7 @@ from .storage import Storage
 
 # Bump when a change to the code changes what a finished run publishes (its outputs, HLS
 # package, thumbnails, report) for the same settings: older records are then not reused.
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: audio of MPEG-TS/PS sources whose audio starts late, in sync
 # the settings that decide an output's bytes or which outputs there are, and the input
 # limits (a source a run would now refuse must not be answered from an older run)
 _OUTPUT_SETTINGS = {"segment_seconds", "x264_threads", "audio_bitrate_kbps", "quality_metrics", "streaming_outputs",
