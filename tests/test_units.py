@@ -38,6 +38,15 @@ def names(rungs):
     return [(r.name, r.width, r.height) for r in rungs]
 
 
+def test_odd_rungs_and_sources_never_upscale_by_a_pixel():
+    assert names(build_ladder(video(646, 363), parse_rungs("363p"))[0]) == [("363p", 644, 362)]
+    assert names(build_ladder(video(363, 646), parse_rungs("363p"))[0]) == [("363p", 362, 644)]
+    assert names(build_ladder(video(1283, 721), parse_rungs("721p"))[0]) == [("721p", 1282, 720)]
+    for w, h, spec in ((1281, 720, "720p"), (1920, 1080, "1079p,721p,361p"), (1279, 719, "719p,481p")):
+        for rung in build_ladder(video(w, h), parse_rungs(spec))[0]:
+            assert rung.width <= w and rung.height <= h and rung.width % 2 == rung.height % 2 == 0
+
+
 def test_default_ladder_does_not_upscale_and_adds_source_height():
     rungs, skipped = build_ladder(video(1280, 544), None)
     assert names(rungs) == [("544p", 1280, 544), ("480p", 1130, 480), ("360p", 848, 360)]

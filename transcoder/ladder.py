@@ -83,12 +83,15 @@ def build_ladder(video: VideoInfo, requested: tuple[Wanted, ...] | None,
 
 
 def rung_for(n: int, video: VideoInfo, codec: str = "h264") -> Rung:
+    """Even sides (4:2:0) that never exceed the source's: an odd `n` rounds down (363p of a
+    363-line source is 362 lines, not an upscale to 364), and so does a long side that would
+    round past the source's."""
     dw, dh = video.display_width, video.display_height
-    if dw >= dh:
-        height, width = n, _even(Fraction(n * dw, dh))
-    else:
-        width, height = n, _even(Fraction(n * dh, dw))
-    return Rung(name=rung_name(n, codec), width=_even(Fraction(width)), height=_even(Fraction(height)), codec=codec)
+    short_side, long_side = min(dw, dh), max(dw, dh)
+    short = max(2, n - n % 2)
+    long = max(2, min(_even(Fraction(short * long_side, short_side)), long_side - long_side % 2))
+    width, height = (long, short) if dw >= dh else (short, long)
+    return Rung(name=rung_name(n, codec), width=width, height=height, codec=codec)
 
 
 def _even(x: Fraction) -> int:
