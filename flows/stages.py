@@ -215,7 +215,7 @@ def merge_video(plan: Plan, source: SourceObject, probe: Probe, batches: list[Ba
     def assembled(rung: Rung) -> Rendition:
         if rung.name not in ready:
             rendition = futures_by_rung[rung.name].result()
-            if not storage.holds(rendition.key, rendition.sha256) or (  # replaced since (other settings)
+            if not storage.holds(rendition.key, rendition.sha256, rendition.size, rendition.etag) or (  # replaced
                     rendition.hls and not kept(rendition.hls.stored, keys.hls(vid, f"{rung.name}/"))):
                 rendition = assemble.with_options(refresh_cache=True)(plan, rung, segments[rung.name], audio)
             ready[rung.name] = rendition.model_copy(update={"ready_seconds": round(time.time() - started_at, 3)})

@@ -44,10 +44,12 @@ def assemble_rendition(plan: Plan, rung: Rung, segments: list[Segment], audio: A
         sha = sha256_file(out)
         key = keys.encoded(plan.video_id, rung.name)
         storage.upload(out, key, metadata={"sha256": sha, "frames": str(checked.frames)}, content_type="video/mp4")
+        published = storage.head(key)
         media = _package_hls(plan, rung, out, scratch / "hls", storage, settings) if settings.streaming_outputs else None
         return Rendition(name=rung.name, key=key, path=None, width=checked.width, height=checked.height,
                          frames=checked.frames, duration=checked.duration, audio_duration=checked.audio_duration,
-                         bitrate=checked.bitrate, size=checked.size, sha256=sha, hls=media)
+                         bitrate=checked.bitrate, size=checked.size, sha256=sha,
+                         etag=published["etag"] if published else None, hls=media)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -403,3 +403,22 @@ def test_a_package_written_over_by_other_settings_is_made_again(engine, media, m
     third = transcode_video(src, renditions="240p", **CHUNKING)
     assert _package(engine, third) == before
     assert sorted(engine.keys(f"{first.video_id}/hls/")) == files  # no 2 s segments left behind
+
+
+def test_a_published_mp4_written_over_with_its_metadata_is_made_again(engine, media, tmp_path):
+    """Other bytes of the same size under the MP4's key, its sha256 metadata copied: the
+    server's ETag changed, so the rerun assembles it again (before, every export failed)."""
+    import hashlib
+
+    from flows.transcode import transcode_video
+
+    src = str(media("standard", seconds=6))
+    first = transcode_video(src, renditions="240p", **CHUNKING)
+    rendition = first.renditions[0]
+    head = engine.s3.head_object(Bucket=engine.bucket, Key=rendition.key)
+    engine.s3.put_object(Bucket=engine.bucket, Key=rendition.key, Body=os.urandom(rendition.size),
+                         Metadata=head["Metadata"], ContentType="video/mp4")
+    again = transcode_video(src, renditions="240p", output_dir=str(tmp_path / "out"), **CHUNKING)
+    assert again.cached == again.chunks  # only the assembly was redone
+    path = tmp_path / "out" / f"{first.video_id}_240p.mp4"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == rendition.sha256 == again.renditions[0].sha256

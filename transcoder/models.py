@@ -263,6 +263,9 @@ class Rendition(Frozen):
     bitrate: int
     size: int
     sha256: str
+    # the server's ETag of the MP4 as published: bytes written over it since, even with its
+    # metadata copied, no longer pass Storage.holds (None: a result from before it was kept)
+    etag: str | None = None
     hls: HlsMedia | None = None
     quality: dict | None = None  # Quality.summary() of every frame; None if any chunk lacks it
     cached_chunks: int = 0  # of this rung's chunks, answered from the cache in this run

@@ -84,7 +84,7 @@ def reuse_finished(storage: Storage, settings: Settings, source: Path, fingerpri
     result = TranscodeResult.model_validate(record["result"])
     if published(storage, result) != record["published"]:
         return None  # rewritten or gone since (another run, other settings): the flow decides
-    if not all(storage.holds(r.key, r.sha256, r.size) for r in result.renditions):
+    if not all(storage.holds(r.key, r.sha256, r.size, r.etag) for r in result.renditions):
         return None
     update: dict = {"reused": True, "transcoded": 0, "cached": result.chunks * len(result.renditions)}
     if result.player_url:  # the stored page's links expire: a rerun writes a fresh one
