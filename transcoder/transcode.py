@@ -68,15 +68,15 @@ def encode_chunk(source: Path | str, plan: Plan, chunk: Chunk, rungs: list[Rung]
     `scan`: the same ffmpeg scores the chunk's frames for the thumbnails (stored first:
     a chunk whose segments are stored has its scan, unless storing the scan failed)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.segment_ext(r)}") for r in rungs]
-    measure = settings.quality_metrics
-    files = None
-    if scan:
-        files = encode.ChunkScanFiles(stats=scratch / "scan.txt", pictures=scratch / "scan", size=thumb_size(plan))
-        files.pictures.mkdir()
-    argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure, files)
-    timeout = chunk_timeout(plan, chunk, settings)
-    try:
+    try:  # from here on, the scratch folder is removed whatever happens
+        outputs = [(r, scratch / f"{r.name}_{chunk.name}.{encode.segment_ext(r)}") for r in rungs]
+        measure = settings.quality_metrics
+        files = None
+        if scan:
+            files = encode.ChunkScanFiles(stats=scratch / "scan.txt", pictures=scratch / "scan", size=thumb_size(plan))
+            files.pictures.mkdir()
+        argv = encode.chunk_argv(source, plan, chunk, outputs, settings.max_dimension**2, measure, files)
+        timeout = chunk_timeout(plan, chunk, settings)
         try:
             qualities = _encode_and_check(argv, source, plan, chunk, outputs, scratch, settings, timeout)
         except (FFmpegError, VerificationError):
