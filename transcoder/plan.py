@@ -37,8 +37,8 @@ def make_plan(
 
     t0 = index.seconds(0)
     frame_dur = 1 / rate  # the last frame lasts one frame of the output rate
-    margin = _seek_margin(index, probe.format_name)
     key_times = [index.seconds(k) for k in sorted(index.keyframes)]
+    longest = _longest_gop(key_times) if UNINDEXED_FORMATS & set(probe.format_name.split(",")) else None
 
     def grid(frame: int) -> int:
         if not vfr:
@@ -49,6 +49,7 @@ def make_plan(
     chunks = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         out_start, out_end = grid(a), grid(b)
+        margin = Fraction(0) if longest is None else _seek_margin(index, key_times, longest, a)
         chunks.append(
             Chunk(
                 index=i,
@@ -139,12 +140,22 @@ def _boundaries(n: int, step: int, target: int, keyframes: set[int]) -> list[int
 UNINDEXED_FORMATS = {"mpegts", "mpegtsraw", "mpeg", "mpegvideo", "h264", "hevc", "m4v"}
 
 
-def _seek_margin(index: FrameIndex, format_name: str) -> Fraction:
-    if not UNINDEXED_FORMATS & set(format_name.split(",")):
-        return Fraction(0)
-    keys = sorted(index.keyframes)
-    longest = max((index.seconds(b) - index.seconds(a) for a, b in zip(keys, keys[1:])), default=Fraction(0))
-    return longest + 1
+def _longest_gop(key_times: list[Fraction]) -> Fraction:
+    """Seconds between the two keyframes furthest apart (0 with one keyframe)."""
+    return max((b - a for a, b in zip(key_times, key_times[1:])), default=Fraction(0))
+
+
+def _seek_margin(index: FrameIndex, key_times: list[Fraction], longest: Fraction, frame: int) -> Fraction:
+    """How much earlier than a chunk starting at `frame` a demuxer without an index seeks:
+    the longest GOP plus a second, since such a seek can land late; and never less than
+    the way back to the keyframe of the chunk's own GOP plus that second. Only the last GOP
+    (from the last keyframe to the end of the stream) can be longer than `longest`: with
+    one keyframe, a long final GOP, a seek by the longest GOP alone landed after the
+    keyframe it needed and the chunk decoded no frame."""
+    t = index.seconds(frame)
+    at = bisect.bisect_right(key_times, t)
+    own = t - (key_times[at - 1] if at else index.seconds(0))
+    return max(longest, own) + 1
 
 
 def _cut(index: FrameIndex, frame: int, rate: Fraction) -> Fraction:
@@ -169,7 +180,8 @@ def _lead(index: FrameIndex, key_times: list[Fraction], frame: int, rate: Fracti
 
 
 def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float, margin: Fraction) -> float | None:
-    """Input `-ss` (from the container start) for a chunk starting at `frame`.
+    """Input `-ss` (from the container start) for a chunk starting at `frame`, or None to
+    decode from the start.
 
     The demuxer goes to the last keyframe at or before the target and decoding starts
     there; the exact first frame is then cut by `trim` (`Chunk.start_time`). When the
@@ -184,4 +196,8 @@ def _seek(index: FrameIndex, frame: int, rate: Fraction, format_start: float, ma
         target = t + min(after / 2, 1 / (4 * rate))
     else:
         target = _cut(index, frame, rate) - margin
-    return max(0.0, float(target) - format_start)
+    if float(target) <= format_start:
+        # at or before the start: read from there without a seek (a raw MPEG video stream
+        # sought to 0 landed on its second keyframe)
+        return None
+    return float(target) - format_start

@@ -110,13 +110,32 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
             if damage:
                 raise BadInputError(f"the file is damaged or truncated: {damage}")
             with table.open() as lines:
-                tb, pts, sizes, keys = _packets(lines)
+                tb, pts, sizes, keys, dts_only, untimed = _packets(lines)
     except OSError as exc:
         if is_disk_full(exc):
             raise DiskFullError("the packet index") from None
         raise
+    if untimed and not pts:
+        # A raw H.264/HEVC elementary stream: ffmpeg makes up a timeline as it reads, which
+        # starts over at a seek, so no chunk after the first could be cut at its frames.
+        raise BadInputError("the video's packets have no timestamps (a raw elementary stream such as "
+                            ".h264 or .hevc): put it in a container first, e.g. "
+                            "ffmpeg -r RATE -i in.h264 -c copy out.mp4")
+    if untimed:
+        # ffmpeg decodes them and makes up their times, which the next timestamps contradict:
+        # frames would be lost or land in another chunk
+        count, first = untimed
+        raise BadInputError(f"{count} of the video's packets have no timestamp (the first is packet {first}), "
+                            "so where their frames belong is unknown: remux the file with timestamps")
     if not pts:
         raise BadInputError("the video stream has no frames")
+    if dts_only:
+        # Decode times only (AVI, raw MPEG video): the decoder shows each frame later, by its
+        # reorder delay, and makes up the last ones' times. The times every chunk's `trim` will
+        # see are those of a decode, so the frames' times come from one.
+        tb, shown, keys = _decoded_times(path, settings)
+        sizes = sizes if len(sizes) == len(shown) else None
+        pts = shown
     if len(pts) > settings.max_frames:
         raise BadInputError(f"the video has {len(pts)} frames, over the limit of {settings.max_frames}")
     if any(a > b for a, b in zip(pts, pts[1:])):  # decode order (B-frames): sort into presentation order
@@ -128,10 +147,13 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
     return FrameIndex(pts=pts, keyframes=keys, time_base=tb, sizes=sizes)
 
 
-def _packets(lines: Iterable[str]) -> tuple[Fraction, array, array, set[int]]:
-    """(time base, pts, sizes, keyframe positions) of `frame_index`'s CSV, in file order."""
+def _packets(lines: Iterable[str]) -> tuple[Fraction, array, array, set[int], bool, tuple[int, int] | None]:
+    """(time base, pts, sizes, keyframe positions, whether some packets had a dts but no pts,
+    (how many packets had no timestamp at all, the first's number) or None) of
+    `frame_index`'s CSV, in file order."""
     tb = Fraction(1, 90000)
     pts, sizes, keys = array("q"), array("q"), set()
+    dts_only, untimed, first_untimed, seen = False, 0, 0, 0
     for line in lines:
         fields = line.rstrip("\n").split(",")  # side data (MPEG-TS packets, a rotated stream) may follow
         if fields[0] == "stream":
@@ -142,15 +164,49 @@ def _packets(lines: Iterable[str]) -> tuple[Fraction, array, array, set[int]]:
         ts, dts, size, flags = fields[1:5]
         if "D" in flags:  # discarded packets are never shown
             continue
+        seen += 1
         if ts == "N/A":
             ts = dts
+            dts_only = dts_only or ts != "N/A"
         if ts == "N/A":
+            untimed, first_untimed = untimed + 1, (first_untimed if untimed else seen - 1)
             continue
         if "K" in flags:
             keys.add(len(pts))
         pts.append(int(ts))
         sizes.append(int(size) if size.isdigit() else 0)
-    return tb, pts, sizes, keys
+    return tb, pts, sizes, keys, dts_only, ((untimed, first_untimed) if untimed else None)
+
+
+_SHOWN = re.compile(r"\bn:\s*\d+\s+pts:\s*(\S+)\s.*?\biskey:(\d)")
+_FILTER_TB = re.compile(r"config in time_base: (\d+/\d+)")
+
+
+def _decoded_times(path: Path, settings: Settings) -> tuple[Fraction, array, set[int]]:
+    """(time base, presentation times, keyframe positions) of every video frame as ffmpeg's
+    decode hands them to a filter graph (`showinfo`), from one decode of the whole stream."""
+    argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-v", "info", "-copyts",
+            *ffmpeg.source_input(path, max_pixels=settings.max_dimension**2),
+            "-map", "0:v:0", "-vf", "showinfo", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "-f", "null", "-"]
+    try:
+        proc = ffmpeg.run(argv, PROBE_TIMEOUT * 5, "decode times")
+    except FFmpegError as exc:
+        raise BadInputError(f"the video stream cannot be decoded: {_first_line(exc.stderr) or exc.summary}") from None
+    found = _FILTER_TB.search(proc.stderr)
+    tb = Fraction(found.group(1)) if found else Fraction(1, 90000)
+    pts, keys = array("q"), set()
+    for m in _SHOWN.finditer(proc.stderr):
+        if not m.group(1).lstrip("-").isdigit():
+            raise BadInputError(f"the video's frame {len(pts)} has no time, and its packets have no "
+                                "presentation times: remux the file with timestamps")
+        if m.group(2) == "1":
+            keys.add(len(pts))
+        pts.append(int(m.group(1)))
+    back = next((i for i in range(1, len(pts)) if pts[i] <= pts[i - 1]), None)
+    if back is not None:
+        raise BadInputError(f"the video's packets have no presentation times, and the decoded frames' times "
+                            f"do not increase (frame {back}): remux the file with timestamps")
+    return tb, pts, keys
 
 
 def frame_rate(index: FrameIndex, nominal: Fraction) -> tuple[Fraction, bool]:
