@@ -87,6 +87,25 @@ def test_mpegts_source_with_b_frames_and_a_late_start(engine, media, tmp_path):
     assert_frame_exact(src, engine, tmp_path)
 
 
+def test_a_time_base_of_one_frame_keeps_every_frame_in_its_place(engine, tmp_path):
+    """An MP4 whose video time scale is its frame rate (25), with B-frames: frame n at n/25
+    s exactly. Before, setpts truncated 28.999... to 28 and two frames shared a time."""
+    src = tmp_path / "tb25.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-f", "lavfi",
+                    "-i", "sine=f=440", "-t", "6", "-c:v", "libx264", "-bf", "2", "-g", "25", "-c:a", "aac",
+                    "-video_track_timescale", "25", str(src)], check=True)
+    assert subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=time_base", "-of",
+                           "csv=p=0", str(src)], capture_output=True, text=True, check=True).stdout.strip() == "1/25"
+    result = run_flow(src, renditions="240p")
+    path = check_outputs(result, engine, tmp_path, source_frames=decoded_frames(src))["240p"]
+    dts = [int(line) for line in subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "packet=dts", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True).stdout.split()]
+    assert all(a < b for a, b in zip(dts, dts[1:]))
+    psnr = per_frame_psnr(path, src, 320, 240)
+    assert len(psnr) == decoded_frames(src) and min(psnr) > 28, min(psnr)
+
+
 def tone_start(path, copyts=False) -> float:
     """When the first audio track's tone begins (the end of the silence before it), in
     the file's own timestamps with `copyts`."""

@@ -47,7 +47,9 @@ def video_filters(plan: Plan, rungs: list[Rung], chunk: Chunk | None = None, sca
         pre.append("trim=" + ":".join(bounds))
     # Constant rate: frame n at n/fps exactly, so the joints and the concat durations
     # agree even where the planned rate was snapped from a slightly irregular source.
-    pre.append("setpts=PTS-STARTPTS" if plan.vfr else f"setpts=N*{plan.fps_den}/{plan.fps_num}/TB")
+    # round(): setpts truncates its double, and 29/25 / (1/25) is 28.999...: in a time base
+    # of one frame (AVI, MP4 with timescale 25) two frames got the same time.
+    pre.append("setpts=PTS-STARTPTS" if plan.vfr else f"setpts=round(N*{plan.fps_den}/{plan.fps_num}/TB)")
     if plan.deinterlace:
         pre.append("yadif=mode=send_frame:parity=auto:deint=all")
     if plan.vfr:
