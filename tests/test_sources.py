@@ -269,3 +269,14 @@ def test_a_full_disk_during_a_url_download_is_a_disk_error_not_bad_input(origins
     with pytest.raises(DiskFullError, match="no space left"):
         download(f"{origins['allowed']}/{origins['file']}", disk / "dl", allowed_settings())
     assert not any((disk / "dl").iterdir())
+
+
+def test_credentials_in_a_url_never_reach_the_message(origins, tmp_path):
+    """A user name, password or presigned query is left out of the error (logs, the API)."""
+    from transcoder.urlfetch import download
+
+    secret_url = origins["allowed"].replace("http://", "http://user:hunter2@") + "/missing.mp4?X-Amz-Signature=s3cr3t"
+    with pytest.raises(BadInputError) as err:
+        download(secret_url, tmp_path / "dl", allowed_settings())
+    assert "missing.mp4?..." in str(err.value)
+    assert "hunter2" not in str(err.value) and "s3cr3t" not in str(err.value), err.value

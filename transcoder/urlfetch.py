@@ -174,6 +174,15 @@ def connections_checked(settings: Settings, seconds: float | None = None):
         _guard.download = None
 
 
+def shown(url: str) -> str:
+    """The URL as messages show it: without a user name, password or query string, which
+    may hold credentials (a presigned link's signature); messages reach logs and the API."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?..." if parts.query else "")
+
+
 def check_url(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -239,7 +248,7 @@ def download(url: str, dest: Path, settings: Settings) -> Fetched:
             if guard.expired and not isinstance(exc, DiskFullError):
                 raise BadInputError(too_slow) from None
             if guard.refused:
-                raise BadInputError(f"refusing to fetch {url}: it led to {guard.refused} (a redirect or a changed "
+                raise BadInputError(f"refusing to fetch {shown(url)}: it led to {guard.refused} (a redirect or a changed "
                                     "DNS answer), a private or reserved address") from None
             raise
 
@@ -266,16 +275,16 @@ def _fetch(url: str, dest: Path, opts: dict, limit: int, settings: Settings) -> 
     except DownloadError as exc:
         msg = str(exc).removeprefix("ERROR: ").splitlines()[0]
         if "No space left on device" in msg:
-            raise DiskFullError(f"download of {url} to {dest.name}") from None
+            raise DiskFullError(f"download of {shown(url)} to {dest.name}") from None
         if _NEEDS_FFMPEG.search(msg):
-            raise BadInputError(f"cannot download {url}: the stream is encrypted HLS (AES-128 or SAMPLE-AES) or a "
+            raise BadInputError(f"cannot download {shown(url)}: the stream is encrypted HLS (AES-128 or SAMPLE-AES) or a "
                                 "live HLS stream, which are not fetched") from None
         if _TRANSIENT.search(msg):
-            raise RetryableError(f"download failed: {msg}") from None
-        raise BadInputError(f"cannot download {url}: {msg}") from None
+            raise RetryableError(f"download of {shown(url)} failed: {msg.replace(url, shown(url))}") from None
+        raise BadInputError(f"cannot download {shown(url)}: {msg.replace(url, shown(url))}") from None
     files = [p for p in dest.iterdir() if p.is_file() and p.name.startswith("download.") and not p.name.endswith(".part")]
     if not files:
-        raise BadInputError(f"cannot download {url}: nothing was saved (larger than the size limit of {limit} "
+        raise BadInputError(f"cannot download {shown(url)}: nothing was saved (larger than the size limit of {limit} "
                             "bytes, or no media there)")
     if files[0].stat().st_size > limit:
         files[0].unlink()
