@@ -129,11 +129,14 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
                             "so where their frames belong is unknown: remux the file with timestamps")
     if not pts:
         raise BadInputError("the video stream has no frames")
+    if len(pts) > settings.max_frames:  # before the decode below, too
+        raise BadInputError(f"the video has {len(pts)} frames, over the limit of {settings.max_frames}")
     if dts_only:
         # Decode times only (AVI, raw MPEG video): the decoder shows each frame later, by its
         # reorder delay, and makes up the last ones' times. The times every chunk's `trim` will
         # see are those of a decode, so the frames' times come from one.
-        tb, shown, keys = _decoded_times(path, settings)
+        seconds = float((max(pts) - min(pts)) * tb)
+        tb, shown, keys = _decoded_times(path, settings, seconds)
         sizes = sizes if len(sizes) == len(shown) else None
         pts = shown
     if len(pts) > settings.max_frames:
@@ -182,14 +185,16 @@ _SHOWN = re.compile(r"\bn:\s*\d+\s+pts:\s*(\S+)\s.*?\biskey:(\d)")
 _FILTER_TB = re.compile(r"config in time_base: (\d+/\d+)")
 
 
-def _decoded_times(path: Path, settings: Settings) -> tuple[Fraction, array, set[int]]:
+def _decoded_times(path: Path, settings: Settings, seconds: float) -> tuple[Fraction, array, set[int]]:
     """(time base, presentation times, keyframe positions) of every video frame as ffmpeg's
-    decode hands them to a filter graph (`showinfo`), from one decode of the whole stream."""
+    decode hands them to a filter graph (`showinfo`), from one decode of the whole stream
+    (`seconds` long: the timeout follows it, as an encode's does)."""
     argv = [ffmpeg.FFMPEG, "-hide_banner", "-nostdin", "-nostats", "-v", "info", "-copyts",
             *ffmpeg.source_input(path, max_pixels=settings.max_dimension**2),
             "-map", "0:v:0", "-vf", "showinfo", "-fps_mode", "passthrough", "-an", "-sn", "-dn", "-f", "null", "-"]
     try:
-        proc = ffmpeg.run(argv, PROBE_TIMEOUT * 5, "decode times")
+        proc = ffmpeg.run(argv, max(PROBE_TIMEOUT * 5, settings.ffmpeg_timeout_per_media_second * seconds),
+                          "decode times")
     except FFmpegError as exc:
         raise BadInputError(f"the video stream cannot be decoded: {_first_line(exc.stderr) or exc.summary}") from None
     found = _FILTER_TB.search(proc.stderr)
