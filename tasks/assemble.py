@@ -12,7 +12,7 @@ from transcoder.errors import VerificationError
 from transcoder.ingest import sha256_file
 from transcoder.models import AudioTrack, HlsMedia, Plan, Rendition, Rung, Segment
 from transcoder.settings import get_settings
-from transcoder.storage import Storage, in_parallel
+from transcoder.storage import Storage, in_parallel, stamp_of
 from transcoder.verify import verify_rendition
 from transcoder.workspace import scratch_dir
 
@@ -77,9 +77,10 @@ def upload_tree(storage: Storage, files: list[Path], video_id: str, folder: str)
     for path in files:
         if path.suffix == ".m3u8":
             put(path)
-    for stale in storage.etags(prefix).keys() - {prefix + p.name for p in files}:
+    found, names = storage.etags(prefix), {prefix + p.name for p in files}
+    for stale in found.keys() - names:
         storage.delete(stale)
-    return storage.stamp(prefix)
+    return stamp_of({k: v for k, v in found.items() if k in names})
 
 
 @task(name="export", task_run_name="export-{rendition.name}", retries=2, retry_condition_fn=retry_transient,

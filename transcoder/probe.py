@@ -129,8 +129,7 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
                             "so where their frames belong is unknown: remux the file with timestamps")
     if not pts:
         raise BadInputError("the video stream has no frames")
-    if len(pts) > settings.max_frames:  # before the decode below, too
-        raise BadInputError(f"the video has {len(pts)} frames, over the limit of {settings.max_frames}")
+    _check_frame_count(len(pts), settings)  # before the decode below, too
     if dts_only:
         # Decode times only (AVI, raw MPEG video): the decoder shows each frame later, by its
         # reorder delay, and makes up the last ones' times. The times every chunk's `trim` will
@@ -139,8 +138,7 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
         tb, shown, keys = _decoded_times(path, settings, seconds)
         sizes = sizes if len(sizes) == len(shown) else None
         pts = shown
-    if len(pts) > settings.max_frames:
-        raise BadInputError(f"the video has {len(pts)} frames, over the limit of {settings.max_frames}")
+        _check_frame_count(len(pts), settings)  # a packet can hold several frames
     if any(a > b for a, b in zip(pts, pts[1:])):  # decode order (B-frames): sort into presentation order
         order = sorted(range(len(pts)), key=pts.__getitem__)
         position = {old: new for new, old in enumerate(order) if old in keys}
@@ -148,6 +146,11 @@ def frame_index(path: Path, settings: Settings) -> FrameIndex:
         keys = {position[k] for k in keys}
     keys.add(0)  # the first frame shown is reached by decoding from the start anyway
     return FrameIndex(pts=pts, keyframes=keys, time_base=tb, sizes=sizes)
+
+
+def _check_frame_count(frames: int, settings: Settings) -> None:
+    if frames > settings.max_frames:
+        raise BadInputError(f"the video has {frames} frames, over the limit of {settings.max_frames}")
 
 
 def _packets(lines: Iterable[str]) -> tuple[Fraction, array, array, set[int], bool, tuple[int, int] | None]:

@@ -171,6 +171,11 @@ _pooled = threading.local()
 IO_QUEUE = 8
 
 
+def stamp_of(etags: dict[str, str]) -> str:
+    """`Storage.stamp` of a listing already in hand: {key: ETag}."""
+    return hashlib.sha256(json.dumps(etags, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def in_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """`fn` over `items`, MANY_IN_FLIGHT at a time; results in order, the first error raised."""
     items = list(items)
@@ -346,7 +351,7 @@ class Storage:
         if only is not None:
             wanted = set(only)
             found = {k: v for k, v in found.items() if k in wanted}
-        return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:24]
+        return stamp_of(found)
 
     def list_keys(self, prefix: str) -> list[str]:
         return [o["Key"] for o in self.list_objects(prefix)]

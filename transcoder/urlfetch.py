@@ -212,6 +212,8 @@ def download(url: str, dest: Path, settings: Settings) -> Fetched:
         seen = progress.get("downloaded_bytes") or 0
         if seen > limit:
             raise BadInputError(f"the download passed the size limit of {limit} bytes")
+        # besides the sockets shut at the deadline: a stream without a Content-Length, cut
+        # there, would otherwise end as a (short) success
         if time.monotonic() > deadline:
             raise BadInputError(too_slow)
 
@@ -273,15 +275,16 @@ def _fetch(url: str, dest: Path, opts: dict, limit: int, settings: Settings) -> 
     except BadInputError:
         raise
     except DownloadError as exc:
-        msg = str(exc).removeprefix("ERROR: ").splitlines()[0]
+        where = shown(url)
+        msg = str(exc).removeprefix("ERROR: ").splitlines()[0].replace(url, where)
         if "No space left on device" in msg:
-            raise DiskFullError(f"download of {shown(url)} to {dest.name}") from None
+            raise DiskFullError(f"download of {where} to {dest.name}") from None
         if _NEEDS_FFMPEG.search(msg):
-            raise BadInputError(f"cannot download {shown(url)}: the stream is encrypted HLS (AES-128 or SAMPLE-AES) or a "
+            raise BadInputError(f"cannot download {where}: the stream is encrypted HLS (AES-128 or SAMPLE-AES) or a "
                                 "live HLS stream, which are not fetched") from None
         if _TRANSIENT.search(msg):
-            raise RetryableError(f"download of {shown(url)} failed: {msg.replace(url, shown(url))}") from None
-        raise BadInputError(f"cannot download {shown(url)}: {msg.replace(url, shown(url))}") from None
+            raise RetryableError(f"download of {where} failed: {msg}") from None
+        raise BadInputError(f"cannot download {where}: {msg}") from None
     files = [p for p in dest.iterdir() if p.is_file() and p.name.startswith("download.") and not p.name.endswith(".part")]
     if not files:
         raise BadInputError(f"cannot download {shown(url)}: nothing was saved (larger than the size limit of {limit} "
